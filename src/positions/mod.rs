@@ -1,0 +1,174 @@
+//! Committed positions: the sink's acks, applied in order, per file.
+//!
+//! An [`Advance`] `(from, to]` is applied only after Loki answered for its chunk (or the chunk
+//! was dropped on purpose, and counted). Each must continue the last one of its file; a gap is a
+//! bug, so it is logged and counted, and the newer position is taken anyway. This is the only
+//! feedback from the sink: sources read their start positions once, when they start.
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::entry::{Advance, AdvanceKind, FileKey};
+use crate::telemetry::metrics::METRICS;
+use store::FilePos;
+
+pub struct Positions {
+    dir: PathBuf,
+    files: HashMap<FileKey, FilePos>,
+    dirty: bool,
+    last_save: Instant,
+    interval: Duration,
+}
+
+impl Positions {
+    /// Starts from what was loaded; `interval` is how often [`Positions::maybe_save`] writes.
+    pub fn new(dir: PathBuf, loaded: Vec<FilePos>, interval: Duration) -> Positions {
+        Positions {
+            dir,
+            files: loaded.into_iter().map(|p| (p.key(), p)).collect(),
+            dirty: false,
+            last_save: Instant::now(),
+            interval,
+        }
+    }
+
+    /// Applies one acked advance.
+    pub fn apply(&mut self, a: &Advance) {
+        self.dirty = true;
+        if a.kind == AdvanceKind::Done {
+            self.files.remove(&a.file);
+            return;
+        }
+        let entry = self.files.entry(a.file).or_insert_with(|| FilePos {
+            path: a.path.to_path_buf(),
+            dev: a.file.dev,
+            ino: a.file.ino,
+            fp_len: 0,
+            fp_hash: 0,
+            offset: a.from,
+        });
+        if a.kind == AdvanceKind::Continue && entry.offset != a.from {
+            METRICS.positions_gaps.inc();
+            log::error!(
+                "position gap in {}: committed {} but the next acked range starts at {}; \
+                 taking {} (please report this)",
+                a.path.display(),
+                entry.offset,
+                a.from,
+                a.to
+            );
+        }
+        entry.offset = a.to;
+        entry.path = a.path.to_path_buf();
+        entry.fp_len = a.fingerprint.len;
+        entry.fp_hash = a.fingerprint.hash;
+    }
+
+    /// The committed offset of a file, if any.
+    pub fn offset(&self, key: &FileKey) -> Option<u64> {
+        self.files.get(key).map(|p| p.offset)
+    }
+
+    /// Forgets files that are not on disk any more (found by the first scan).
+    pub fn retain(&mut self, keep: impl Fn(&FileKey) -> bool) {
+        let before = self.files.len();
+        self.files.retain(|k, _| keep(k));
+        self.dirty |= self.files.len() != before;
+    }
+
+    /// Writes the file if something changed and `interval` has passed.
+    pub fn maybe_save(&mut self) {
+        if self.dirty && self.last_save.elapsed() >= self.interval {
+            self.save();
+        }
+    }
+
+    /// Writes the file now if something changed. Errors are logged loudly and counted; the
+    /// previous file stays intact, and the next call tries again.
+    pub fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.last_save = Instant::now();
+        let mut files: Vec<FilePos> = self.files.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        match store::save(&self.dir, files) {
+            Ok(()) => {
+                self.dirty = false;
+                METRICS.positions_commits.inc();
+            }
+            Err(e) => {
+                METRICS.positions_errors.inc();
+                log::error!(
+                    "cannot write positions to {}: {e}; tailing goes on, but a restart now would \
+                     re-send lines since the last good write. Check that data_dir is writable and \
+                     not full",
+                    self.dir.join(store::FILE_NAME).display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Fingerprint;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn adv(ino: u64, from: u64, to: u64, kind: AdvanceKind) -> Advance {
+        Advance {
+            file: FileKey { dev: 1, ino },
+            path: Arc::from(Path::new("/x/0.log")),
+            fingerprint: Fingerprint { len: 3, hash: 9 },
+            from,
+            to,
+            kind,
+        }
+    }
+
+    #[test]
+    fn applies_chained_advances_and_forgets_done_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Positions::new(dir.path().into(), vec![], Duration::ZERO);
+        p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
+        p.apply(&adv(1, 10, 25, AdvanceKind::Continue));
+        p.apply(&adv(2, 0, 5, AdvanceKind::Continue));
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 1 }), Some(25));
+        p.apply(&adv(1, 0, 3, AdvanceKind::Restart));
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 1 }), Some(3));
+        p.apply(&adv(2, 5, 5, AdvanceKind::Done));
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 2 }), None);
+        p.save();
+        let loaded = store::load(dir.path()).unwrap().files;
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            (loaded[0].ino, loaded[0].offset, loaded[0].fp_hash),
+            (1, 3, 9)
+        );
+    }
+
+    #[test]
+    fn a_gap_is_counted_and_the_newer_position_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Positions::new(dir.path().into(), vec![], Duration::ZERO);
+        let before = METRICS.positions_gaps.get();
+        p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
+        p.apply(&adv(1, 20, 30, AdvanceKind::Continue));
+        assert_eq!(METRICS.positions_gaps.get(), before + 1);
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 1 }), Some(30));
+    }
+
+    #[test]
+    fn an_unwritable_dir_is_an_error_not_a_crash() {
+        let mut p = Positions::new("/proc/definitely/not/here".into(), vec![], Duration::ZERO);
+        let before = METRICS.positions_errors.get();
+        p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
+        p.save();
+        assert_eq!(METRICS.positions_errors.get(), before + 1);
+    }
+}

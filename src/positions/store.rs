@@ -1,0 +1,206 @@
+//! The positions file on disk: versioned JSON, written atomically (temp file, fsync, rename,
+//! fsync of the directory), read back at start.
+//!
+//! A temp file that parses is newer than the main file (the last run died between writing and
+//! renaming it), so it wins. A file that does not parse (truncated, NUL-filled: loki#6268) is
+//! logged, set aside under a `.corrupt-<unix time>` name for a post-mortem, and ringtail starts
+//! fresh rather than crash.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{FileKey, Fingerprint};
+
+pub const FILE_NAME: &str = "positions.json";
+
+/// One file's committed position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePos {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub fp_len: u32,
+    pub fp_hash: u64,
+    pub offset: u64,
+}
+
+impl FilePos {
+    pub fn key(&self) -> FileKey {
+        FileKey {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            len: self.fp_len,
+            hash: self.fp_hash,
+        }
+    }
+}
+
+/// The file's content. `version` is a tag so that a later format can read this one.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "version")]
+pub enum State {
+    #[default]
+    #[serde(rename = "0")]
+    Empty,
+    #[serde(rename = "1")]
+    V1 {
+        /// Unix seconds of the write: files rotated after it were written while ringtail was
+        /// down, and are read even without a position.
+        saved_at: u64,
+        files: Vec<FilePos>,
+    },
+}
+
+/// What loading found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub files: Vec<FilePos>,
+    pub saved_at: Option<u64>,
+    /// Set when a corrupt file was set aside: say so in the logs and metrics.
+    pub set_aside: Option<PathBuf>,
+}
+
+pub fn load(dir: &Path) -> std::io::Result<Loaded> {
+    let main = dir.join(FILE_NAME);
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    if let Ok(bytes) = fs::read(&tmp) {
+        if let Ok(state) = serde_json::from_slice::<State>(&bytes) {
+            return Ok(loaded(state, None));
+        }
+    }
+    let bytes = match fs::read(&main) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(e) => return Err(e),
+    };
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(state) => Ok(loaded(state, None)),
+        Err(_) => {
+            let aside = dir.join(format!("{FILE_NAME}.corrupt-{}", unix_now()));
+            fs::rename(&main, &aside)?;
+            Ok(loaded(State::Empty, Some(aside)))
+        }
+    }
+}
+
+fn loaded(state: State, set_aside: Option<PathBuf>) -> Loaded {
+    match state {
+        State::Empty => Loaded {
+            set_aside,
+            ..Loaded::default()
+        },
+        State::V1 { saved_at, files } => Loaded {
+            files,
+            saved_at: Some(saved_at),
+            set_aside,
+        },
+    }
+}
+
+/// Writes `files` atomically; on error the previous file is left as it was.
+pub fn save(dir: &Path, files: Vec<FilePos>) -> std::io::Result<()> {
+    let state = State::V1 {
+        saved_at: unix_now(),
+        files,
+    };
+    let bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(FILE_NAME))?;
+    File::open(dir)?.sync_all()
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(ino: u64, offset: u64) -> FilePos {
+        FilePos {
+            path: PathBuf::from(format!("/var/log/pods/ns_p_u/c/{ino}.log")),
+            dev: 2049,
+            ino,
+            fp_len: 1024,
+            fp_hash: 0xdead_beef_cafe_f00d,
+            offset,
+        }
+    }
+
+    #[test]
+    fn golden_bytes_of_version_1() {
+        // Guards the on-disk format: change it only with a new version and a reader for this one.
+        let state = State::V1 {
+            saved_at: 1_732_528_800,
+            files: vec![pos(7, 42)],
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":"1","saved_at":1732528800,"files":[{"path":"/var/log/pods/ns_p_u/c/7.log","dev":2049,"ino":7,"fp_len":1024,"fp_hash":16045690984503111693,"offset":42}]}"#
+        );
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), state);
+    }
+
+    #[test]
+    fn save_then_load() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), vec![pos(1, 10), pos(2, 20)]).unwrap();
+        let l = load(dir.path()).unwrap();
+        assert_eq!(l.files, vec![pos(1, 10), pos(2, 20)]);
+        assert!(l.saved_at.is_some() && l.set_aside.is_none());
+        assert!(!dir.path().join("positions.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_complete_temp_file_wins_and_a_torn_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), vec![pos(1, 10)]).unwrap();
+        let newer = State::V1 {
+            saved_at: 1,
+            files: vec![pos(1, 99)],
+        };
+        let tmp = dir.path().join("positions.json.tmp");
+        fs::write(&tmp, serde_json::to_vec(&newer).unwrap()).unwrap();
+        assert_eq!(load(dir.path()).unwrap().files, vec![pos(1, 99)]);
+        fs::write(&tmp, b"{\"version\":\"1\",\"sav").unwrap();
+        assert_eq!(load(dir.path()).unwrap().files, vec![pos(1, 10)]);
+    }
+
+    #[test]
+    fn corrupt_files_are_set_aside() {
+        for junk in [&b"\0\0\0\0\0\0"[..], b"positions: {", b""] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(FILE_NAME), junk).unwrap();
+            let l = load(dir.path()).unwrap();
+            assert!(l.files.is_empty());
+            let aside = l.set_aside.expect("set aside");
+            assert_eq!(fs::read(&aside).unwrap(), junk);
+            assert!(!dir.path().join(FILE_NAME).exists());
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = load(dir.path()).unwrap();
+        assert!(l.files.is_empty() && l.saved_at.is_none() && l.set_aside.is_none());
+    }
+}

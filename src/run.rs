@@ -1,0 +1,233 @@
+//! `ringtail run`: builds the pipeline back to front (positions, writer, tailers, discovery),
+//! waits for SIGTERM or SIGINT, then stops it front to back within the deadline.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metadata::{NoMetadata, PodMetadata};
+use crate::positions::{store, Positions};
+use crate::process::Processor;
+use crate::ring::{ring, RingTx};
+use crate::shutdown::Stop;
+use crate::sink::loki::LokiClient;
+use crate::sink::{Output, Progress, Writer};
+use crate::sources::files::discover::Discovery;
+use crate::sources::files::io::BatchIo;
+use crate::sources::files::schedule::Tailer;
+use crate::telemetry::metrics::METRICS;
+use crate::telemetry::server::{self, Health};
+
+/// Chunks the ring holds: with reads of at most 128 KiB, at most 8 MiB waiting for the writer.
+const RING_CHUNKS: usize = 64;
+/// How often discovery lists the log tree: new files are picked up within this.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How often acked positions are written.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(cfg: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        format!(
+            "data_dir: cannot create {}: {e}; mount a writable hostPath there",
+            cfg.data_dir.display()
+        )
+    })?;
+    let loaded = store::load(&cfg.data_dir).map_err(|e| {
+        format!(
+            "data_dir: cannot read positions in {}: {e}; check its permissions",
+            cfg.data_dir.display()
+        )
+    })?;
+    if let Some(aside) = &loaded.set_aside {
+        METRICS.positions_errors.inc();
+        log::error!(
+            "the positions file was corrupt; it was moved to {} and ringtail starts fresh \
+             (files are read again per logs.pods.read_from)",
+            aside.display()
+        );
+    }
+    let grace = cfg.loki.timeout.0.max(Duration::from_secs(10)) - Duration::from_secs(1);
+    let stop = Arc::new(Stop::default());
+    watch_signals(stop.clone(), grace)?;
+
+    let output = if cfg.loki.url.is_empty() {
+        log::info!("loki.url is empty: writing entries to stdout as JSON lines");
+        Output::Stdout
+    } else {
+        Output::Loki(LokiClient::new(&cfg.loki)?)
+    };
+    let progress = Arc::new(Progress::default());
+    let health = Arc::new(Health {
+        ready: Default::default(),
+        progress: progress.clone(),
+        stall_secs: cfg.server.stall_timeout.0.as_secs(),
+    });
+    server::start(&cfg.server.listen, health.clone()).map_err(|e| {
+        format!(
+            "server.listen: cannot listen on {}: {e}; choose a free address:port",
+            cfg.server.listen
+        )
+    })?;
+
+    let (ring_tx, ring_rx) = ring(RING_CHUNKS);
+    let mut positions = Positions::new(cfg.data_dir.clone(), loaded.files.clone(), SAVE_EVERY);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    if cfg.logs.pods.enabled {
+        let meta: Arc<dyn PodMetadata> = Arc::new(NoMetadata);
+        let discovery = start_pods(&cfg, &ring_tx, &stop, meta, loaded, &mut threads)?;
+        positions.retain(discovery.known_keys());
+        threads.push(spawn("discovery", None, {
+            let stop = stop.clone();
+            move || discover_loop(discovery, &stop)
+        })?);
+    }
+    for (enabled, key) in [
+        (cfg.logs.events.enabled, "logs.events"),
+        (cfg.logs.journal.enabled, "logs.journal"),
+        (cfg.logs.rke2.enabled, "logs.rke2"),
+    ] {
+        if enabled {
+            log::warn!("{key} is enabled, but this build ships pod logs only; set {key}.enabled: false to silence this");
+        }
+    }
+    let writer = Writer::new(ring_rx, output, positions, cfg.loki.clone(), progress);
+    let writer = spawn("writer", None, {
+        let stop = stop.clone();
+        move || writer.run(&stop)
+    })?;
+    health.ready.store(true, Ordering::Relaxed);
+    log::info!(
+        "ringtail {} running on node {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.node_name
+    );
+
+    while !stop.stopping() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("stopping: flushing what was read and committing positions");
+    drop(ring_tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = writer.join();
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Starts the tailer threads and runs discovery's first scan (so positions of files that are
+/// gone can be dropped before the writer starts).
+fn start_pods(
+    cfg: &Config,
+    ring_tx: &RingTx,
+    stop: &Arc<Stop>,
+    meta: Arc<dyn PodMetadata>,
+    loaded: store::Loaded,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<Discovery, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = if cfg.tail.threads == 0 {
+        cores
+    } else {
+        cfg.tail.threads
+    };
+    let io_err = |e: std::io::Error| {
+        format!("tail.io: io_uring was forced but is unavailable: {e}; use tail.io: auto")
+    };
+    let mut controls = Vec::with_capacity(n);
+    for i in 0..n {
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        controls.push(ctl_tx);
+        let name = format!("tailer-{i}");
+        let tailer = Tailer::new(
+            name.clone(),
+            BatchIo::new(cfg.tail.io, &name).map_err(io_err)?,
+            Processor::new(cfg.logs.pods.json.line, cfg.loki.max_line_size.0 as usize),
+            ctl_rx,
+            ring_tx.clone(),
+            (cfg.tail.max_open_files / n).max(1),
+        );
+        let stop = stop.clone();
+        threads.push(spawn(&name, Some(i % cores), move || tailer.run(&stop))?);
+    }
+    let mut discovery = Discovery::new(
+        cfg.logs.pods.path.clone(),
+        cfg.node_name.clone(),
+        meta,
+        cfg.logs.pods.read_from,
+        loaded.files,
+        loaded.saved_at,
+        controls,
+        BatchIo::new(cfg.tail.io, "discovery").map_err(io_err)?,
+    );
+    if std::fs::read_dir(&cfg.logs.pods.path).is_err() {
+        log::warn!(
+            "logs.pods.path {} cannot be listed yet; waiting for it",
+            cfg.logs.pods.path.display()
+        );
+    }
+    discovery.scan();
+    Ok(discovery)
+}
+
+fn discover_loop(mut d: Discovery, stop: &Stop) {
+    while !stop.stopping() {
+        std::thread::sleep(SCAN_EVERY);
+        if !stop.stopping() {
+            d.scan();
+        }
+    }
+}
+
+fn spawn(
+    name: &str,
+    core: Option<usize>,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if let Some(core) = core {
+                pin_to_core(core);
+            }
+            f()
+        })
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Pins the calling thread to one core, so a tailer keeps its caches warm. A failure (a cpuset
+/// that excludes the core) only costs that, so it is logged and ignored.
+fn pin_to_core(core: usize) {
+    // SAFETY: `cpu_set_t` is plain data; CPU_ZERO/CPU_SET write within it, and
+    // sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        log::debug!(
+            "cannot pin to core {core}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn watch_signals(stop: Arc<Stop>, grace: Duration) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("received signal {sig}");
+                stop.begin(grace);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Stopping: a flag that every stage polls, and a deadline after which the writer stops retrying.
+//!
+//! On SIGTERM or SIGINT, sources stop reading, the writer sends what was read, positions are
+//! committed, and the process exits 0 within max(10 s, `loki.timeout`) (contract §3). What is not
+//! acked by the deadline is simply read again after the restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Stop {
+    flag: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Stop {
+    /// Starts stopping; the writer gives up on unsent batches `grace` from now.
+    pub fn begin(&self, grace: Duration) {
+        let mut d = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_none() {
+            *d = Some(Instant::now() + grace);
+        }
+        self.flag.store(true, Ordering::Release);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// True once stopping and the deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.stopping()
+            && self
+                .deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Sleeps up to `d`, waking early when the deadline passes.
+    pub fn sleep(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.past_deadline() {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+        }
+    }
+}

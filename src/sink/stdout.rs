@@ -1,0 +1,94 @@
+//! The stdout sink: one JSON object per entry, for trying ringtail without Loki and for `jq`
+//! (contract §3): `{"labels":{...},"ts":"<RFC3339Nano UTC>","line":"...","metadata":{...}}`.
+
+use std::io::Write;
+
+use crate::entry::Chunk;
+use crate::timefmt::format_rfc3339_ns;
+
+/// Writes every entry of `chunks` to `out`, and flushes.
+pub fn write_chunks(chunks: &[Chunk], out: &mut impl Write) -> std::io::Result<()> {
+    let mut line = String::with_capacity(512);
+    for chunk in chunks {
+        let mut labels = String::from("{");
+        for (i, (k, v)) in chunk.labels.pairs().iter().enumerate() {
+            if i > 0 {
+                labels.push(',');
+            }
+            push_json_str(&mut labels, k);
+            labels.push(':');
+            push_json_str(&mut labels, v);
+        }
+        labels.push('}');
+        for e in &chunk.entries {
+            line.clear();
+            line.push_str("{\"labels\":");
+            line.push_str(&labels);
+            line.push_str(",\"ts\":\"");
+            format_rfc3339_ns(e.ts_ns, &mut line);
+            line.push_str("\",\"line\":");
+            push_json_str(&mut line, chunk.str(e.line));
+            line.push_str(",\"metadata\":{");
+            for (i, (k, v)) in chunk.meta_of(e).iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                push_json_str(&mut line, k.as_str());
+                line.push(':');
+                push_json_str(&mut line, chunk.meta_str(v));
+            }
+            line.push_str("}}\n");
+            out.write_all(line.as_bytes())?;
+        }
+    }
+    out.flush()
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping, without building a Value.
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{EntryRec, LabelSet, MetaKey, MetaVal};
+
+    #[test]
+    fn writes_the_contract_json() {
+        let mut c = Chunk::new(LabelSet::new([
+            ("namespace", "ns".to_string()),
+            ("app", String::new()),
+            ("pod", "p\"1".to_string()),
+        ]));
+        let line = c.push_valid("hello \"x\"\n");
+        c.meta.push((MetaKey::Stream, MetaVal::Static("stdout")));
+        c.entries.push(EntryRec {
+            ts_ns: 1_732_528_800_123_400_000,
+            line,
+            meta_start: 0,
+            meta_end: 1,
+        });
+        let line = c.push_valid("two");
+        c.entries.push(EntryRec {
+            ts_ns: 0,
+            line,
+            meta_start: 1,
+            meta_end: 1,
+        });
+        let mut out = Vec::new();
+        write_chunks(&[c], &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                r#"{"labels":{"namespace":"ns","pod":"p\"1"},"ts":"2024-11-25T10:00:00.1234Z","line":"hello \"x\"\n","metadata":{"stream":"stdout"}}"#,
+                "\n",
+                r#"{"labels":{"namespace":"ns","pod":"p\"1"},"ts":"1970-01-01T00:00:00Z","line":"two","metadata":{}}"#,
+                "\n"
+            )
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! Which pod log files exist: lists `<root>/<namespace>_<pod>_<uid>/<container>/<n>.log` and the
+//! uncompressed rotated `<n>.log.<timestamp>`, stats them in one batch, and tells the tailers
+//! what is new, renamed, grown, shrunk or gone. It never reads a log line; it opens a file only
+//! to fingerprint its first bytes.
+//!
+//! Files are keyed by identity (device, inode); the path is an attribute that rotation changes.
+//! `.gz` and `.tmp` files (kubelet's compression of old rotations) are never listed, so they are
+//! never read again.
+//!
+//! Where a file starts is one decision table, [`decide_start`].
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::config::ReadFrom;
+use crate::entry::{FileKey, Fingerprint, LabelSet};
+use crate::metadata::PodMetadata;
+use crate::positions::store::FilePos;
+use crate::sources::files::io::{BatchIo, Stat};
+use crate::sources::files::tail::Tail;
+use crate::telemetry::metrics::METRICS;
+
+/// `<namespace>_<pod>_<uid>`: namespace and pod names cannot hold `_`, so the UID (or a static
+/// pod's config hash) is what follows the last one.
+pub fn parse_pod_dir(name: &str) -> Option<(&str, &str, &str)> {
+    let (namespace, rest) = name.split_once('_')?;
+    let (pod, uid) = rest.rsplit_once('_')?;
+    if namespace.is_empty() || pod.is_empty() || uid.is_empty() {
+        return None;
+    }
+    Some((namespace, pod, uid))
+}
+
+/// `Some(false)` for `<n>.log`, `Some(true)` for a rotated `<n>.log.<suffix>` that is not
+/// compressed or temporary, `None` for anything else.
+pub fn log_file_kind(name: &str) -> Option<bool> {
+    let (stem, rest) = name.split_once(".log")?;
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match rest {
+        "" => Some(false),
+        r if r.starts_with('.') && !r.ends_with(".gz") && !r.ends_with(".tmp") && r.len() > 1 => {
+            Some(true)
+        }
+        _ => None,
+    }
+}
+
+/// The stream labels of a pod's container (contract §1).
+pub fn pod_labels(
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+    node: &str,
+    meta: &dyn PodMetadata,
+) -> Arc<LabelSet> {
+    let extra = meta.pod_labels(namespace, pod, uid).unwrap_or_default();
+    LabelSet::new([
+        ("namespace", namespace.to_string()),
+        ("pod", pod.to_string()),
+        ("container", container.to_string()),
+        ("node", node.to_string()),
+        ("app", extra.app),
+        ("app_name", extra.app_name),
+        ("job", format!("{namespace}/{container}")),
+    ])
+}
+
+/// A file found by a scan.
+pub struct Found {
+    pub path: PathBuf,
+    pub labels: Arc<LabelSet>,
+    pub rotated: bool,
+}
+
+/// Lists candidate files under `root`. Unreadable directories are skipped (and logged once by
+/// the caller's counters); they are retried on the next scan.
+pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found>) {
+    out.clear();
+    let Ok(pods) = std::fs::read_dir(root) else {
+        return;
+    };
+    for pod_dir in pods.flatten() {
+        let name = pod_dir.file_name();
+        let Some((namespace, pod, uid)) = name.to_str().and_then(parse_pod_dir) else {
+            continue;
+        };
+        let Ok(containers) = std::fs::read_dir(pod_dir.path()) else {
+            continue;
+        };
+        for c in containers.flatten() {
+            let cname = c.file_name();
+            let Some(container) = cname.to_str() else {
+                continue;
+            };
+            let Ok(files) = std::fs::read_dir(c.path()) else {
+                continue;
+            };
+            let mut labels = None;
+            for f in files.flatten() {
+                let fname = f.file_name();
+                let Some(rotated) = fname.to_str().and_then(log_file_kind) else {
+                    continue;
+                };
+                let labels = labels
+                    .get_or_insert_with(|| pod_labels(namespace, pod, uid, container, node, meta))
+                    .clone();
+                out.push(Found {
+                    path: f.path(),
+                    labels,
+                    rotated,
+                });
+            }
+        }
+    }
+}
+
+/// Where a file starts, or whether it is read at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    At(u64),
+    /// A rotated file that predates ringtail: Alloy and Promtail skip it too.
+    Skip,
+}
+
+/// The facts [`decide_start`] needs about a file seen for the first time by this process.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstSight {
+    /// Its stored position, if the fingerprint of its first bytes still matches.
+    pub stored: Option<u64>,
+    /// A position was stored for its identity but the content is another file's.
+    pub reused_inode: bool,
+    /// Found by the scan at start (not later, while running).
+    pub at_start: bool,
+    pub rotated: bool,
+    pub size: u64,
+    pub mtime: i64,
+    /// When the positions file was last written, if there was one.
+    pub saved_at: Option<u64>,
+}
+
+pub fn decide_start(f: FirstSight, read_from: ReadFrom) -> Start {
+    match (f.stored, f.at_start, f.rotated, read_from) {
+        // Resume where the last run's acks got to, unless the file is now shorter.
+        (Some(off), _, _, _) if off <= f.size => Start::At(off),
+        (Some(_), _, _, _) => Start::At(0),
+        // Appeared while running: all of it is new.
+        (None, false, _, _) => Start::At(0),
+        // An inode we knew now holds other content: a new file.
+        (None, true, _, _) if f.reused_inode => Start::At(0),
+        (None, true, false, ReadFrom::Beginning) => Start::At(0),
+        (None, true, false, ReadFrom::End) => Start::At(f.size),
+        // Rotated while ringtail was down: written after the last positions write, so unread.
+        (None, true, true, _) => match f.saved_at {
+            Some(t) if f.mtime >= t as i64 => Start::At(0),
+            _ => Start::Skip,
+        },
+    }
+}
+
+/// What discovery tells a tailer.
+pub enum Control {
+    Add(Box<Tail>),
+    Moved { key: FileKey, path: Arc<Path> },
+    Size { key: FileKey, size: u64 },
+    Gone { key: FileKey },
+}
+
+struct Known {
+    path: Arc<Path>,
+    size: u64,
+    /// `None`: seen and deliberately not read (skipped).
+    tailer: Option<usize>,
+}
+
+/// The discovery loop's state.
+pub struct Discovery {
+    root: PathBuf,
+    node: String,
+    meta: Arc<dyn PodMetadata>,
+    read_from: ReadFrom,
+    stored: HashMap<FileKey, FilePos>,
+    saved_at: Option<u64>,
+    known: HashMap<FileKey, Known>,
+    tailers: Vec<Sender<Control>>,
+    io: BatchIo,
+    scans: u64,
+    found: Vec<Found>,
+    cpaths: Vec<CString>,
+    stats: Vec<std::io::Result<Stat>>,
+}
+
+impl Discovery {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        root: PathBuf,
+        node: String,
+        meta: Arc<dyn PodMetadata>,
+        read_from: ReadFrom,
+        stored: Vec<FilePos>,
+        saved_at: Option<u64>,
+        tailers: Vec<Sender<Control>>,
+        io: BatchIo,
+    ) -> Discovery {
+        Discovery {
+            root,
+            node,
+            meta,
+            read_from,
+            stored: stored.into_iter().map(|p| (p.key(), p)).collect(),
+            saved_at,
+            known: HashMap::new(),
+            tailers,
+            io,
+            scans: 0,
+            found: Vec::new(),
+            cpaths: Vec::new(),
+            stats: Vec::new(),
+        }
+    }
+
+    /// Identities seen so far: after the first scan, positions of anything else can be dropped.
+    pub fn known_keys(&self) -> impl Fn(&FileKey) -> bool + '_ {
+        |k| self.known.contains_key(k)
+    }
+
+    /// One pass over the tree.
+    pub fn scan(&mut self) {
+        let at_start = self.scans == 0;
+        self.scans += 1;
+        list(&self.root, &self.node, &*self.meta, &mut self.found);
+        self.cpaths.clear();
+        self.cpaths.extend(
+            self.found
+                .iter()
+                .filter_map(|f| CString::new(f.path.as_os_str().as_bytes()).ok()),
+        );
+        self.io.stat_batch(&self.cpaths, &mut self.stats);
+        let mut seen: HashMap<FileKey, usize> = HashMap::with_capacity(self.found.len());
+        for (i, st) in self.stats.iter().enumerate() {
+            let Ok(st) = st else { continue };
+            if !st.regular {
+                continue;
+            }
+            let key = FileKey {
+                dev: st.dev,
+                ino: st.ino,
+            };
+            // The live `<n>.log` name wins over a rotated one for the same inode (hard links).
+            match seen.get(&key) {
+                Some(&j) if !self.found[j].rotated => {}
+                _ => {
+                    seen.insert(key, i);
+                }
+            }
+        }
+        for (&key, &i) in &seen {
+            let Ok(st) = &self.stats[i] else { continue };
+            let (size, mtime) = (st.size, st.mtime);
+            let found = &self.found[i];
+            match self.known.get_mut(&key) {
+                Some(k) => {
+                    if *k.path != *found.path {
+                        k.path = Arc::from(found.path.as_path());
+                        if let Some(t) = k.tailer {
+                            METRICS.file_event("renamed");
+                            let _ = self.tailers[t].send(Control::Moved {
+                                key,
+                                path: k.path.clone(),
+                            });
+                        }
+                    }
+                    if k.size != size {
+                        k.size = size;
+                        if let Some(t) = k.tailer {
+                            let _ = self.tailers[t].send(Control::Size { key, size });
+                        }
+                    }
+                }
+                None => {
+                    let path: Arc<Path> = Arc::from(found.path.as_path());
+                    let tailer = self.add(
+                        key,
+                        path.clone(),
+                        found.labels.clone(),
+                        found.rotated,
+                        size,
+                        mtime,
+                        at_start,
+                    );
+                    self.known.insert(key, Known { path, size, tailer });
+                }
+            }
+        }
+        let gone: Vec<FileKey> = self
+            .known
+            .keys()
+            .filter(|k| !seen.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(Known {
+                tailer: Some(t), ..
+            }) = self.known.remove(&key)
+            {
+                let _ = self.tailers[t].send(Control::Gone { key });
+            }
+        }
+        METRICS.files_tracked.set(self.known.len() as i64);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        key: FileKey,
+        path: Arc<Path>,
+        labels: Arc<LabelSet>,
+        rotated: bool,
+        size: u64,
+        mtime: i64,
+        at_start: bool,
+    ) -> Option<usize> {
+        let head = match read_head(&path) {
+            Ok(h) => h,
+            Err(e) => {
+                METRICS.file_event("unreadable");
+                log::warn!(
+                    "cannot read {}: {e}; skipping it. Give ringtail read access (it runs with \
+                     DAC_READ_SEARCH and the log groups in the DaemonSet)",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        let (stored, reused_inode) = match self.stored.remove(&key) {
+            Some(p) => {
+                let fp = p.fingerprint();
+                let matches = head.len() >= fp.len as usize
+                    && Fingerprint::of(&head[..fp.len as usize]) == fp;
+                if matches {
+                    (Some(p.offset), false)
+                } else {
+                    (None, true)
+                }
+            }
+            None => (None, false),
+        };
+        let sight = FirstSight {
+            stored,
+            reused_inode,
+            at_start,
+            rotated,
+            size,
+            mtime,
+            saved_at: self.saved_at,
+        };
+        let start = match decide_start(sight, self.read_from) {
+            Start::Skip => {
+                METRICS.file_event("skipped");
+                log::debug!(
+                    "not reading {}: rotated before ringtail first ran",
+                    path.display()
+                );
+                return None;
+            }
+            Start::At(off) if off == size && !rotated && stored.is_none() && off > 0 => {
+                align_to_line_start(&path, off)
+            }
+            Start::At(off) => off,
+        };
+        METRICS.file_event("new");
+        log::debug!("tailing {} from offset {start}", path.display());
+        let t = (hash_key(&key) % self.tailers.len() as u64) as usize;
+        let tail = Tail::new(key, path, labels, Fingerprint::of(&head), start, size);
+        let _ = self.tailers[t].send(Control::Add(Box::new(tail)));
+        Some(t)
+    }
+}
+
+fn hash_key(k: &FileKey) -> u64 {
+    k.ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k.dev
+}
+
+/// The first bytes of a file, for its fingerprint.
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(Fingerprint::MAX_LEN);
+    std::fs::File::open(path)?
+        .take(Fingerprint::MAX_LEN as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// With `read_from: end`, start after the last complete line, not in the middle of one.
+fn align_to_line_start(path: &Path, size: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return size;
+    };
+    let from = size.saturating_sub(64 << 10);
+    let mut buf = vec![0u8; (size - from) as usize];
+    match f.read_exact_at(&mut buf, from) {
+        Ok(()) => memchr::memrchr(b'\n', &buf).map_or(from, |i| from + i as u64 + 1),
+        Err(_) => size,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{NoMetadata, PodLabels};
+
+    #[test]
+    fn pod_dirs_and_static_pods() {
+        assert_eq!(
+            parse_pod_dir("emojivoto_web-7d9c_0f3a2b1c-1111-2222-3333-444455556666"),
+            Some((
+                "emojivoto",
+                "web-7d9c",
+                "0f3a2b1c-1111-2222-3333-444455556666"
+            ))
+        );
+        // A static pod: the config hash stands where the UID would.
+        assert_eq!(
+            parse_pod_dir("kube-system_kube-apiserver-node1_5e7f3e2c9d0a4b1c8f6e2d3a4b5c6d7e"),
+            Some((
+                "kube-system",
+                "kube-apiserver-node1",
+                "5e7f3e2c9d0a4b1c8f6e2d3a4b5c6d7e"
+            ))
+        );
+        assert_eq!(parse_pod_dir("nounderscore"), None);
+        assert_eq!(parse_pod_dir("ns_pod"), None);
+        assert_eq!(parse_pod_dir("_pod_uid"), None);
+    }
+
+    #[test]
+    fn log_file_names() {
+        assert_eq!(log_file_kind("0.log"), Some(false));
+        assert_eq!(log_file_kind("12.log"), Some(false));
+        assert_eq!(log_file_kind("0.log.20241125-100000"), Some(true));
+        assert_eq!(log_file_kind("0.log.20241125-100000.gz"), None);
+        assert_eq!(log_file_kind("0.log.20241125-100000.tmp"), None);
+        assert_eq!(log_file_kind("x.log"), None);
+        assert_eq!(log_file_kind("0.log."), None);
+        assert_eq!(log_file_kind("0.txt"), None);
+    }
+
+    struct Apps;
+    impl PodMetadata for Apps {
+        fn pod_labels(&self, _: &str, _: &str, uid: &str) -> Option<PodLabels> {
+            (uid == "u1").then(|| PodLabels {
+                app: "web".into(),
+                app_name: "emoji".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn labels_follow_the_contract() {
+        let l = pod_labels("emojivoto", "web-1", "u1", "web", "node-a", &Apps);
+        assert_eq!(
+            l.rendered(),
+            r#"{app="web", app_name="emoji", container="web", job="emojivoto/web", namespace="emojivoto", node="node-a", pod="web-1"}"#
+        );
+        let l = pod_labels("ns", "p", "u2", "c", "n", &NoMetadata);
+        assert_eq!(
+            l.rendered(),
+            r#"{container="c", job="ns/c", namespace="ns", node="n", pod="p"}"#
+        );
+    }
+
+    fn sight(stored: Option<u64>, at_start: bool, rotated: bool) -> FirstSight {
+        FirstSight {
+            stored,
+            reused_inode: false,
+            at_start,
+            rotated,
+            size: 100,
+            mtime: 50,
+            saved_at: Some(40),
+        }
+    }
+
+    #[test]
+    fn start_table() {
+        use ReadFrom::*;
+        assert_eq!(
+            decide_start(sight(Some(30), true, false), End),
+            Start::At(30)
+        );
+        assert_eq!(
+            decide_start(sight(Some(30), true, true), End),
+            Start::At(30)
+        );
+        assert_eq!(
+            decide_start(sight(Some(300), true, false), Beginning),
+            Start::At(0)
+        );
+        assert_eq!(decide_start(sight(None, false, false), End), Start::At(0));
+        assert_eq!(decide_start(sight(None, false, true), End), Start::At(0));
+        assert_eq!(
+            decide_start(sight(None, true, false), Beginning),
+            Start::At(0)
+        );
+        assert_eq!(decide_start(sight(None, true, false), End), Start::At(100));
+        assert_eq!(
+            decide_start(sight(None, true, true), Beginning),
+            Start::At(0)
+        );
+        let mut old = sight(None, true, true);
+        old.mtime = 10;
+        assert_eq!(decide_start(old, Beginning), Start::Skip);
+        old.saved_at = None;
+        assert_eq!(decide_start(old, Beginning), Start::Skip);
+        let mut reused = sight(None, true, false);
+        reused.reused_inode = true;
+        assert_eq!(decide_start(reused, End), Start::At(0));
+    }
+}

@@ -1,0 +1,395 @@
+//! A tailer thread: owns a share of the files, and takes turns reading them.
+//!
+//! Each turn picks the files that are due, up to [`BATCH`] of them starting where the last turn
+//! stopped (so one chatty container cannot starve the others), reads at most one buffer of each
+//! in a single io_uring submission, and turns every buffer into one chunk for the ring. A file at
+//! its end is checked again after a short, growing pause (25 ms up to 200 ms). Open descriptors
+//! are capped; past the cap the least recently read idle file is closed, and reopened by
+//! identity when discovery sees it grow.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::entry::{AdvanceKind, FileKey};
+use crate::process::Processor;
+use crate::ring::RingTx;
+use crate::shutdown::Stop;
+use crate::sources::files::discover::Control;
+use crate::sources::files::io::{BatchIo, ReadReq};
+use crate::sources::files::tail::{Life, Tail};
+use crate::telemetry::metrics::{Metrics, METRICS};
+
+/// Files read per submission, and read buffers per thread.
+pub const BATCH: usize = 32;
+/// Bytes read per file per turn: the fairness quantum, and the longest line kept whole without
+/// a CRI split (containerd splits at 16 KiB).
+pub const READ_SIZE: usize = 128 << 10;
+
+const MIN_IDLE: Duration = Duration::from_millis(25);
+const MAX_IDLE: Duration = Duration::from_millis(200);
+
+pub struct Tailer {
+    name: String,
+    files: Vec<Tail>,
+    index: HashMap<FileKey, usize>,
+    io: BatchIo,
+    proc: Processor,
+    bufs: Vec<Vec<u8>>,
+    ctl: Receiver<Control>,
+    ring: RingTx,
+    max_open: usize,
+    open: usize,
+    cursor: usize,
+    /// Gone while closed: nothing more can be read; send their `Done` advance.
+    to_finish: Vec<FileKey>,
+    read_bytes: Counter,
+    read_lines: Counter,
+}
+
+impl Tailer {
+    pub fn new(
+        name: String,
+        io: BatchIo,
+        proc: Processor,
+        ctl: Receiver<Control>,
+        ring: RingTx,
+        max_open: usize,
+    ) -> Tailer {
+        Tailer {
+            name,
+            files: Vec::new(),
+            index: HashMap::new(),
+            io,
+            proc,
+            bufs: (0..BATCH).map(|_| vec![0u8; READ_SIZE]).collect(),
+            ctl,
+            ring,
+            max_open: max_open.max(1),
+            open: 0,
+            cursor: 0,
+            to_finish: Vec::new(),
+            read_bytes: Metrics::source_counter(&METRICS.read_bytes, "pods"),
+            read_lines: Metrics::source_counter(&METRICS.read_lines, "pods"),
+        }
+    }
+
+    pub fn run(mut self, stop: &Stop) {
+        log::debug!("{}: started", self.name);
+        let mut picked: Vec<usize> = Vec::with_capacity(BATCH);
+        let mut results = Vec::with_capacity(BATCH);
+        loop {
+            while let Ok(msg) = self.ctl.try_recv() {
+                self.control(msg);
+            }
+            if stop.stopping() {
+                break;
+            }
+            for key in std::mem::take(&mut self.to_finish) {
+                if !self.finish(key, stop) {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            self.pick(now, &mut picked);
+            if picked.is_empty() {
+                self.ring.set_busy(false);
+                let next = self
+                    .files
+                    .iter()
+                    .map(|t| t.next_check)
+                    .min()
+                    .map_or(MAX_IDLE, |t| t.saturating_duration_since(now))
+                    .clamp(Duration::from_millis(1), MAX_IDLE);
+                match self.ctl.recv_timeout(next) {
+                    Ok(msg) => self.control(msg),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.files.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut reqs: Vec<ReadReq> = Vec::with_capacity(picked.len());
+            for (&fi, buf) in picked.iter().zip(self.bufs.iter_mut()) {
+                let t = &self.files[fi];
+                let Some(f) = &t.file else { continue };
+                reqs.push(ReadReq {
+                    fd: f.as_raw_fd(),
+                    offset: t.read_offset,
+                    buf: &mut buf[..],
+                });
+            }
+            self.io.read_batch(&mut reqs, &mut results);
+            drop(reqs);
+            let mut any_data = false;
+            let mut finished: Vec<FileKey> = Vec::new();
+            for (slot, &fi) in picked.iter().enumerate() {
+                let result = std::mem::replace(&mut results[slot], Ok(0));
+                match result {
+                    Ok(0) => {
+                        let t = &mut self.files[fi];
+                        if t.life == Life::Draining {
+                            finished.push(t.key);
+                        } else {
+                            t.idle_rounds = t.idle_rounds.saturating_add(1);
+                            let pause = MIN_IDLE * 2u32.saturating_pow(t.idle_rounds.min(4));
+                            t.next_check = now + pause.min(MAX_IDLE);
+                        }
+                    }
+                    Ok(n) => {
+                        any_data = true;
+                        self.ring.set_busy(true);
+                        if !self.process(fi, slot, n, stop) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let t = &mut self.files[fi];
+                        log::warn!(
+                            "{}: cannot read {}: {e}; will retry",
+                            self.name,
+                            t.path.display()
+                        );
+                        METRICS.file_event("read_error");
+                        t.next_check = now + MAX_IDLE;
+                    }
+                }
+            }
+            for key in finished {
+                if !self.finish(key, stop) {
+                    return;
+                }
+            }
+            if !any_data && !self.files.iter().any(|t| t.next_check <= now) {
+                self.ring.set_busy(false);
+            }
+        }
+        log::debug!("{}: stopped", self.name);
+    }
+
+    /// Turns the bytes read for file `fi` (in buffer `slot`) into a chunk and sends it.
+    /// Returns false when ringtail is stopping.
+    fn process(&mut self, fi: usize, slot: usize, n: usize, stop: &Stop) -> bool {
+        let t = &mut self.files[fi];
+        let mut chunk = self.ring.chunk(t.labels.clone());
+        let before = self.proc.counts;
+        t.consume(
+            &self.bufs[slot][..n],
+            n == READ_SIZE,
+            &mut self.proc,
+            &mut chunk,
+        );
+        self.proc.end_chunk();
+        t.last_read = Instant::now();
+        t.idle_rounds = 0;
+        t.next_check = t.last_read;
+        let after = self.proc.counts;
+        self.read_bytes.inc_by(n as u64);
+        self.read_lines.inc_by(after.lines - before.lines);
+        METRICS
+            .lines_truncated
+            .inc_by(after.truncated - before.truncated);
+        METRICS
+            .lines_repaired
+            .inc_by(after.repaired - before.repaired);
+        METRICS
+            .lines_malformed
+            .inc_by(after.malformed - before.malformed);
+        self.send(chunk, stop)
+    }
+
+    fn send(&mut self, chunk: crate::entry::Chunk, stop: &Stop) -> bool {
+        if chunk.entries.is_empty()
+            && chunk
+                .advance
+                .as_ref()
+                .is_some_and(|a| a.kind == AdvanceKind::Continue && a.from == a.to)
+        {
+            self.ring.recycle(chunk);
+            return true;
+        }
+        match self.ring.send(chunk, stop) {
+            Ok(()) => true,
+            Err(c) => {
+                self.ring.recycle(c);
+                false
+            }
+        }
+    }
+
+    /// A drained file: send its last advance (`Done`, so its position is forgotten once acked)
+    /// and close it.
+    fn finish(&mut self, key: FileKey, stop: &Stop) -> bool {
+        let Some(mut t) = self.remove(key) else {
+            return true;
+        };
+        METRICS.file_event("finished");
+        log::debug!("{}: finished {}", self.name, t.path.display());
+        let mut chunk = self.ring.chunk(t.labels.clone());
+        t.set_advance(&mut chunk, AdvanceKind::Done);
+        self.send(chunk, stop)
+    }
+
+    /// Chooses the files to read this turn, opening those that need it.
+    fn pick(&mut self, now: Instant, picked: &mut Vec<usize>) {
+        picked.clear();
+        let n = self.files.len();
+        if n == 0 {
+            return;
+        }
+        let start = self.cursor % n;
+        for step in 0..n {
+            if picked.len() == BATCH {
+                break;
+            }
+            let fi = (start + step) % n;
+            let t = &self.files[fi];
+            if t.next_check > now {
+                continue;
+            }
+            if t.file.is_none() {
+                let wants = t.size_hint > t.read_offset || t.life == Life::Draining;
+                if !wants || !self.open_file(fi) {
+                    self.files[fi].next_check = now + MAX_IDLE;
+                    continue;
+                }
+            }
+            picked.push(fi);
+        }
+        self.cursor = (start + picked.len().max(1)) % n;
+    }
+
+    /// Opens a file by its path, checking it is still the same identity. Closes the least
+    /// recently read idle file first if the cap is reached.
+    fn open_file(&mut self, fi: usize) -> bool {
+        if self.files[fi].life == Life::Draining {
+            // Gone while closed: `to_finish` has it.
+            return false;
+        }
+        if self.open >= self.max_open && !self.close_lru(fi) {
+            return false;
+        }
+        let t = &mut self.files[fi];
+        let file = match File::open(&*t.path) {
+            Ok(f) => f,
+            Err(e) => {
+                log::debug!("{}: cannot open {}: {e}", self.name, t.path.display());
+                return false;
+            }
+        };
+        match file.metadata() {
+            Ok(m) if m.dev() == t.key.dev && m.ino() == t.key.ino => {
+                t.file = Some(file);
+                self.open += 1;
+                METRICS.files_open.inc();
+                true
+            }
+            // The path names another file now; discovery will report where ours went.
+            _ => false,
+        }
+    }
+
+    fn close_lru(&mut self, except: usize) -> bool {
+        let victim = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                *i != except && t.file.is_some() && t.life == Life::Live && t.idle_rounds > 0
+            })
+            .min_by_key(|(_, t)| t.last_read)
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => {
+                self.files[i].file = None;
+                self.open -= 1;
+                METRICS.files_open.dec();
+                METRICS.file_event("closed_lru");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn control(&mut self, msg: Control) {
+        match msg {
+            Control::Add(tail) => {
+                if self.index.contains_key(&tail.key) {
+                    return;
+                }
+                self.index.insert(tail.key, self.files.len());
+                self.files.push(*tail);
+            }
+            Control::Moved { key, path } => {
+                if let Some(&i) = self.index.get(&key) {
+                    log::debug!(
+                        "{}: {} renamed to {}",
+                        self.name,
+                        self.files[i].path.display(),
+                        path.display()
+                    );
+                    self.files[i].path = path;
+                }
+            }
+            Control::Size { key, size } => {
+                if let Some(&i) = self.index.get(&key) {
+                    let t = &mut self.files[i];
+                    if size < t.read_offset {
+                        let lost = t.truncated(size);
+                        METRICS.file_event("truncated");
+                        METRICS.lost("truncated", lost);
+                        log::warn!(
+                            "{}: {} was truncated to {size} bytes; reading it again from the start \
+                             ({lost} bytes written before the truncation could not be read)",
+                            self.name,
+                            t.path.display()
+                        );
+                    }
+                    t.size_hint = size;
+                    t.next_check = Instant::now();
+                }
+            }
+            Control::Gone { key } => {
+                if let Some(&i) = self.index.get(&key) {
+                    let t = &mut self.files[i];
+                    t.life = Life::Draining;
+                    t.next_check = Instant::now();
+                    if t.file.is_none() {
+                        let lost = t.size_hint.saturating_sub(t.read_offset);
+                        if lost > 0 {
+                            METRICS.lost("deleted_unread", lost);
+                            log::warn!(
+                                "{}: {} was removed before it could be read to its end ({lost} bytes); \
+                                 raise tail.max_open_files if this repeats",
+                                self.name,
+                                t.path.display()
+                            );
+                        }
+                        self.to_finish.push(key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: FileKey) -> Option<Tail> {
+        let i = self.index.remove(&key)?;
+        let t = self.files.swap_remove(i);
+        if let Some(moved) = self.files.get(i) {
+            self.index.insert(moved.key, i);
+        }
+        if t.file.is_some() {
+            self.open -= 1;
+            METRICS.files_open.dec();
+        }
+        Some(t)
+    }
+}

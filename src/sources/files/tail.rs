@@ -1,0 +1,256 @@
+//! One tailed file: where it is read to, what is pending, and how a block of its bytes becomes
+//! a chunk.
+//!
+//! Lines leave only whole. The read offset stops at the last newline of a block, so a line that
+//! is still being written is read again, complete, on a later turn (no carry buffer). CRI partial
+//! lines wait in [`Partials`]; the position sent with a chunk never passes the first of them, so
+//! a restart re-reads them instead of losing them.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::entry::{Advance, AdvanceKind, Chunk, FileKey, Fingerprint, LabelSet};
+use crate::process::Processor;
+use crate::sources::files::cri::{self, Partials};
+
+/// What happens to a file when its path no longer names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Reachable under a path in the log tree: follow it.
+    Live,
+    /// Gone from the tree (deleted, or rotated away and compressed): read to the end through
+    /// the open descriptor, then let go.
+    Draining,
+}
+
+pub struct Tail {
+    pub key: FileKey,
+    pub path: Arc<Path>,
+    pub labels: Arc<LabelSet>,
+    pub fingerprint: Fingerprint,
+    pub file: Option<File>,
+    pub life: Life,
+    /// Next byte to read: just after the last whole line read.
+    pub read_offset: u64,
+    /// `to` of the last advance sent.
+    sent_to: u64,
+    /// The next advance restarts the chain (the file was truncated).
+    restart: bool,
+    partials: Partials,
+    /// Skipping the rest of a line longer than the read buffer.
+    discarding: bool,
+    /// Size last reported by discovery.
+    pub size_hint: u64,
+    /// When to read next; pushed back while the file is at its end.
+    pub next_check: Instant,
+    pub idle_rounds: u32,
+    pub last_read: Instant,
+}
+
+impl Tail {
+    pub fn new(
+        key: FileKey,
+        path: Arc<Path>,
+        labels: Arc<LabelSet>,
+        fingerprint: Fingerprint,
+        start: u64,
+        size_hint: u64,
+    ) -> Tail {
+        let now = Instant::now();
+        Tail {
+            key,
+            path,
+            labels,
+            fingerprint,
+            file: None,
+            life: Life::Live,
+            read_offset: start,
+            sent_to: start,
+            restart: false,
+            partials: Partials::default(),
+            discarding: false,
+            size_hint,
+            next_check: now,
+            idle_rounds: 0,
+            last_read: now,
+        }
+    }
+
+    /// The file shrank below what was read: copytruncate or a rewrite. Start again at 0.
+    /// Returns the bytes between the new size and the old offset that can no longer be read.
+    pub fn truncated(&mut self, new_size: u64) -> u64 {
+        let lost = self.read_offset.saturating_sub(new_size);
+        self.read_offset = 0;
+        self.restart = true;
+        self.partials.clear();
+        self.discarding = false;
+        self.fingerprint = Fingerprint::default();
+        lost
+    }
+
+    /// Turns `buf`, read at `read_offset`, into entries of `chunk` and sets the chunk's advance.
+    /// `full` says the read filled the buffer (there may be more right away).
+    pub fn consume(&mut self, buf: &[u8], full: bool, proc: &mut Processor, chunk: &mut Chunk) {
+        let base = self.read_offset;
+        if base == 0 && !self.fingerprint.is_complete() && buf.len() > self.fingerprint.len as usize
+        {
+            self.fingerprint = Fingerprint::of(buf);
+        }
+        let read_ns = crate::timefmt::now_ns();
+        let max = proc.max_line();
+        let mut pos = 0;
+        for nl in memchr::memchr_iter(b'\n', buf) {
+            let line = &buf[pos..nl];
+            let offset = base + pos as u64;
+            pos = nl + 1;
+            if self.discarding {
+                self.discarding = false;
+                continue;
+            }
+            match cri::parse(line) {
+                Some(rec) => {
+                    let stream = rec.stream;
+                    if let Some(j) = self.partials.feed(rec, offset, max) {
+                        proc.pod_line(chunk, j.ts_ns, stream, j.content, j.truncated);
+                    }
+                }
+                None => proc.malformed_line(chunk, read_ns, line),
+            }
+        }
+        if pos == 0 && full && !buf.is_empty() {
+            // A whole buffer without a newline: no CRI record is this long. Send what we have,
+            // marked truncated, and skip to the next newline.
+            if !self.discarding {
+                proc.malformed_line(chunk, read_ns, buf);
+                self.discarding = true;
+            }
+            pos = buf.len();
+        }
+        self.read_offset = base + pos as u64;
+        self.partials.shrink(256 << 10);
+        self.set_advance(chunk, AdvanceKind::Continue);
+    }
+
+    /// Sets the chunk's advance to the current safe position.
+    pub fn set_advance(&mut self, chunk: &mut Chunk, kind: AdvanceKind) {
+        let safe = self
+            .partials
+            .earliest_start()
+            .unwrap_or(self.read_offset)
+            .min(self.read_offset);
+        let kind = match (kind, self.restart) {
+            (AdvanceKind::Continue, true) => AdvanceKind::Restart,
+            (k, _) => k,
+        };
+        let from = if kind == AdvanceKind::Restart {
+            0
+        } else {
+            self.sent_to
+        };
+        self.restart = false;
+        chunk.advance = Some(Advance {
+            file: self.key,
+            path: self.path.clone(),
+            fingerprint: self.fingerprint,
+            from,
+            to: safe.max(from),
+            kind,
+        });
+        self.sent_to = safe.max(from);
+    }
+
+    /// True when the last advance sent already covers everything read.
+    pub fn nothing_to_advance(&self) -> bool {
+        !self.restart && self.sent_to == self.partials.earliest_start().unwrap_or(self.read_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JsonLine;
+
+    fn tail() -> Tail {
+        Tail::new(
+            FileKey { dev: 1, ino: 2 },
+            Arc::from(Path::new("/p/0.log")),
+            LabelSet::new([("pod", "p".to_string())]),
+            Fingerprint::default(),
+            0,
+            0,
+        )
+    }
+
+    fn lines(c: &Chunk) -> Vec<String> {
+        c.entries
+            .iter()
+            .map(|e| c.str(e.line).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn whole_lines_only_and_positions_stop_at_partials() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        let data = b"2024-11-25T10:00:00Z stdout F one\n2024-11-25T10:00:01Z stdout P tw\n2024-11-25T10:00:02Z stderr F err\n2024-11-25T10:00:03Z stdout F";
+        t.consume(data, false, &mut p, &mut c);
+        assert_eq!(lines(&c), ["one", "err"]);
+        let first_p = data.iter().position(|&b| b == b'\n').unwrap() as u64 + 1;
+        let a = c.advance.clone().unwrap();
+        assert_eq!((a.from, a.to, a.kind), (0, first_p, AdvanceKind::Continue));
+        // The unterminated tail is read again next time, completed.
+        let tail_start = data.iter().rposition(|&b| b == b'\n').unwrap() as u64 + 1;
+        assert_eq!(t.read_offset, tail_start);
+
+        let mut c2 = Chunk::new(t.labels.clone());
+        t.consume(b"2024-11-25T10:00:03Z stdout F o\n", false, &mut p, &mut c2);
+        assert_eq!(lines(&c2), ["two"]);
+        let a = c2.advance.unwrap();
+        assert_eq!((a.from, a.to), (first_p, tail_start + 32));
+        assert_eq!(c2.entries[0].ts_ns, 1_732_528_801_000_000_000);
+    }
+
+    #[test]
+    fn overlong_unterminated_data_is_sent_truncated_then_skipped() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume(&[b'x'; 64], true, &mut p, &mut c);
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(t.read_offset, 64);
+        let mut c2 = Chunk::new(t.labels.clone());
+        t.consume(
+            b"xxxx\n2024-11-25T10:00:00Z stdout F ok\n",
+            false,
+            &mut p,
+            &mut c2,
+        );
+        assert_eq!(lines(&c2), ["ok"]);
+    }
+
+    #[test]
+    fn truncation_restarts_the_chain() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume(
+            b"2024-11-25T10:00:00Z stdout F one\n",
+            false,
+            &mut p,
+            &mut c,
+        );
+        assert_eq!(t.truncated(10), 24);
+        let mut c2 = Chunk::new(t.labels.clone());
+        t.consume(
+            b"2024-11-25T10:00:00Z stdout F new\n",
+            false,
+            &mut p,
+            &mut c2,
+        );
+        let a = c2.advance.unwrap();
+        assert_eq!((a.from, a.to, a.kind), (0, 34, AdvanceKind::Restart));
+    }
+}

@@ -1,0 +1,282 @@
+//! Every metric ringtail exposes, registered in one place.
+//!
+//! The `loki_write_*` names and labels are Alloy's (`host`, `tenant`, `reason`, `status_code`), so
+//! the seed's alerts and dashboards keep working. `loki_process_duration_seconds` is ringtail's
+//! own: Alloy never had it, though the seed's alert expects it. Everything else is `ringtail_*`.
+//!
+//! Handles for hot counters are created once and cloned out of their families, so the hot path
+//! increments an atomic and never takes the family's lock.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Why entries were dropped on purpose (Alloy's reason values, all pre-initialised to 0).
+pub const DROP_REASONS: [&str; 5] = [
+    "ingester_error",
+    "rate_limited",
+    "stream_limited",
+    "line_too_long",
+    "queue_is_full",
+];
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub sent_bytes: Family<Labels, Counter>,
+    pub sent_entries: Family<Labels, Counter>,
+    pub dropped_bytes: Family<Labels, Counter>,
+    pub dropped_entries: Family<Labels, Counter>,
+    pub request_duration: Family<Labels, Histogram>,
+    pub batch_retries: Family<Labels, Counter>,
+    pub process_duration: Histogram,
+    pub files_tracked: Gauge,
+    pub files_open: Gauge,
+    pub read_bytes: Family<Labels, Counter>,
+    pub read_lines: Family<Labels, Counter>,
+    pub io_mode: Family<Labels, Gauge>,
+    pub lines_truncated: Counter,
+    pub lines_repaired: Counter,
+    pub lines_malformed: Counter,
+    pub file_events: Family<Labels, Counter>,
+    pub bytes_lost: Family<Labels, Counter>,
+    pub positions_commits: Counter,
+    pub positions_errors: Counter,
+    pub positions_gaps: Counter,
+    pub ring_full_seconds: Counter<f64, AtomicU64>,
+}
+
+fn request_buckets() -> impl Iterator<Item = f64> {
+    // Prometheus' default buckets, like Alloy's request histogram.
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+    .into_iter()
+}
+
+fn process_buckets() -> impl Iterator<Item = f64> {
+    // Reaches 10 s and beyond, so the seed's "p99 > 1s" alert means something.
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
+    ]
+    .into_iter()
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            sent_bytes: Family::default(),
+            sent_entries: Family::default(),
+            dropped_bytes: Family::default(),
+            dropped_entries: Family::default(),
+            request_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
+            batch_retries: Family::default(),
+            process_duration: Histogram::new(process_buckets()),
+            files_tracked: Gauge::default(),
+            files_open: Gauge::default(),
+            read_bytes: Family::default(),
+            read_lines: Family::default(),
+            io_mode: Family::default(),
+            lines_truncated: Counter::default(),
+            lines_repaired: Counter::default(),
+            lines_malformed: Counter::default(),
+            file_events: Family::default(),
+            bytes_lost: Family::default(),
+            positions_commits: Counter::default(),
+            positions_errors: Counter::default(),
+            positions_gaps: Counter::default(),
+            ring_full_seconds: Counter::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+            // prometheus-client appends `_total` to counters itself.
+            r.register(
+                "loki_write_sent_bytes",
+                "Compressed bytes of batches Loki accepted.",
+                m.sent_bytes.clone(),
+            );
+            r.register(
+                "loki_write_sent_entries",
+                "Entries Loki accepted.",
+                m.sent_entries.clone(),
+            );
+            r.register(
+                "loki_write_dropped_bytes",
+                "Bytes dropped on purpose, by reason.",
+                m.dropped_bytes.clone(),
+            );
+            r.register(
+                "loki_write_dropped_entries",
+                "Entries dropped on purpose, by reason.",
+                m.dropped_entries.clone(),
+            );
+            r.register(
+                "loki_write_request_duration_seconds",
+                "Push request duration, by status code (-1: transport error).",
+                m.request_duration.clone(),
+            );
+            r.register(
+                "loki_write_batch_retries",
+                "Push attempts that will be retried.",
+                m.batch_retries.clone(),
+            );
+            r.register(
+                "loki_process_duration_seconds",
+                "Time from reading an entry to handing it to the writer.",
+                m.process_duration.clone(),
+            );
+            r.register(
+                "ringtail_files_tracked",
+                "Files being tailed.",
+                m.files_tracked.clone(),
+            );
+            r.register(
+                "ringtail_files_open",
+                "Open file descriptors of tailed files.",
+                m.files_open.clone(),
+            );
+            r.register(
+                "ringtail_read_bytes",
+                "Bytes read, by source.",
+                m.read_bytes.clone(),
+            );
+            r.register(
+                "ringtail_read_lines",
+                "Lines read, by source.",
+                m.read_lines.clone(),
+            );
+            r.register(
+                "ringtail_io_mode",
+                "1 for the read path in use: io_uring or pread.",
+                m.io_mode.clone(),
+            );
+            r.register(
+                "ringtail_lines_truncated",
+                "Lines cut to max_line_size.",
+                m.lines_truncated.clone(),
+            );
+            r.register(
+                "ringtail_lines_repaired",
+                "Lines whose invalid UTF-8 was replaced with U+FFFD.",
+                m.lines_repaired.clone(),
+            );
+            r.register(
+                "ringtail_lines_malformed",
+                "Lines that were not CRI records, sent raw.",
+                m.lines_malformed.clone(),
+            );
+            r.register(
+                "ringtail_file_events",
+                "File lifecycle events: new, rotated, truncated, deleted, reopened, skipped.",
+                m.file_events.clone(),
+            );
+            r.register(
+                "ringtail_bytes_lost",
+                "Bytes that could not be read, by reason.",
+                m.bytes_lost.clone(),
+            );
+            r.register(
+                "ringtail_positions_commits",
+                "Positions files written.",
+                m.positions_commits.clone(),
+            );
+            r.register(
+                "ringtail_positions_errors",
+                "Positions files that could not be written or read.",
+                m.positions_errors.clone(),
+            );
+            r.register(
+                "ringtail_positions_gaps",
+                "Acked advances that did not continue the previous one (a bug if not 0).",
+                m.positions_gaps.clone(),
+            );
+            r.register(
+                "ringtail_ring_full_seconds",
+                "Seconds readers waited because the ring to the writer was full.",
+                m.ring_full_seconds.clone(),
+            );
+        }
+        m
+    }
+
+    /// Creates the writer's series for `host` and `tenant`, drop reasons at 0, as Alloy does.
+    pub fn init_writer(&self, host: &str, tenant: &str) {
+        let base = writer_labels(host, tenant);
+        let _ = self.sent_bytes.get_or_create(&base);
+        let _ = self.sent_entries.get_or_create(&base);
+        let _ = self.batch_retries.get_or_create(&base);
+        for reason in DROP_REASONS {
+            let l = with_reason(&base, reason);
+            let _ = self.dropped_bytes.get_or_create(&l);
+            let _ = self.dropped_entries.get_or_create(&l);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if encode(&mut out, &r).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn source_counter(family: &Family<Labels, Counter>, source: &str) -> Counter {
+        family
+            .get_or_create(&vec![("source", source.to_string())])
+            .clone()
+    }
+
+    pub fn file_event(&self, event: &'static str) {
+        self.file_events
+            .get_or_create(&vec![("event", event.to_string())])
+            .inc();
+    }
+
+    pub fn lost(&self, reason: &'static str, bytes: u64) {
+        self.bytes_lost
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(bytes);
+    }
+}
+
+pub fn writer_labels(host: &str, tenant: &str) -> Labels {
+    vec![("host", host.to_string()), ("tenant", tenant.to_string())]
+}
+
+pub fn with_reason(base: &Labels, reason: &str) -> Labels {
+    let mut l = base.clone();
+    l.push(("reason", reason.to_string()));
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_alloy_names_with_reasons_at_zero() {
+        METRICS.init_writer("loki:3100", "");
+        let text = METRICS.render();
+        for name in [
+            "loki_write_sent_bytes_total{host=\"loki:3100\",tenant=\"\"} 0",
+            "loki_write_dropped_entries_total{host=\"loki:3100\",tenant=\"\",reason=\"queue_is_full\"} 0",
+            "# TYPE loki_process_duration_seconds histogram",
+            "loki_process_duration_seconds_bucket{le=\"10.0\"}",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -381,7 +381,7 @@ impl Config {
             Err(ConfigError(format!("{origin}{at}: {key}: {what}")))
         };
         let url = &self.loki.url;
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return fail(
                 "loki.url",
                 format!("{url:?} is not an http:// or https:// URL; set the push endpoint, e.g. http://loki:3100/loki/api/v1/push, or leave it empty for stdout"),

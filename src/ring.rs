@@ -81,20 +81,24 @@ impl RingTx {
         let _ = self.pool.push(chunk);
     }
 
-    /// Sends a chunk, blocking while the ring is full. Gives the chunk back if ringtail is
-    /// stopping (or the writer is gone): its position is then not committed, and it is read
-    /// again after a restart.
-    pub fn send(&self, chunk: Chunk, stop: &Stop) -> Result<(), Chunk> {
+    /// Sends a chunk, blocking while the ring is full. Returns false, and keeps the chunk for
+    /// reuse, if ringtail is stopping (or the writer is gone): its position is then not
+    /// committed, and it is read again after a restart.
+    pub fn send(&self, chunk: Chunk, stop: &Stop) -> bool {
         let mut chunk = chunk;
         let mut blocked: Option<Instant> = None;
-        let result = loop {
+        let sent = loop {
             match self.tx.send_timeout(chunk, Duration::from_millis(50)) {
-                Ok(()) => break Ok(()),
-                Err(SendTimeoutError::Disconnected(c)) => break Err(c),
+                Ok(()) => break true,
+                Err(SendTimeoutError::Disconnected(c)) => {
+                    self.recycle(c);
+                    break false;
+                }
                 Err(SendTimeoutError::Timeout(c)) => {
                     blocked.get_or_insert_with(Instant::now);
                     if stop.stopping() {
-                        break Err(c);
+                        self.recycle(c);
+                        break false;
                     }
                     chunk = c;
                 }
@@ -103,7 +107,7 @@ impl RingTx {
         if let Some(t) = blocked {
             METRICS.ring_full_seconds.inc_by(t.elapsed().as_secs_f64());
         }
-        result
+        sent
     }
 
     /// Tells the writer whether this source has more to read right now. When none has, the
@@ -145,9 +149,9 @@ mod tests {
         let (tx, rx) = ring(1);
         let stop = Stop::default();
         let labels = LabelSet::new([]);
-        assert!(tx.send(tx.chunk(labels.clone()), &stop).is_ok());
+        assert!(tx.send(tx.chunk(labels.clone()), &stop));
         stop.begin(Duration::from_secs(1));
-        assert!(tx.send(tx.chunk(labels), &stop).is_err());
+        assert!(!tx.send(tx.chunk(labels), &stop));
         assert!(rx.recv_timeout(Duration::from_millis(10)).is_ok());
     }
 

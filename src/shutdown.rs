@@ -38,6 +38,12 @@ impl Stop {
                 .is_some_and(|d| Instant::now() >= d)
     }
 
+    /// Time left before the deadline, once stopping.
+    pub fn remaining(&self) -> Option<Duration> {
+        let d = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        d.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
     /// Sleeps up to `d`, waking early when the deadline passes.
     pub fn sleep(&self, d: Duration) {
         let until = Instant::now() + d;

@@ -147,7 +147,9 @@ mod tests {
     };
     use prost::Message;
 
-    fn chunk(labels: &str, lines: &[(i64, &str, &[(MetaKey, &str)])]) -> Chunk {
+    type Line<'a> = (i64, &'a str, &'a [(MetaKey, &'a str)]);
+
+    fn chunk(labels: &str, lines: &[Line]) -> Chunk {
         let mut c = Chunk::new(LabelSet::new([("pod", labels.to_string())]));
         for (ts, line, meta) in lines {
             let meta_start = c.meta.len() as u32;

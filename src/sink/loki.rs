@@ -105,8 +105,9 @@ impl LokiClient {
         Ok(None)
     }
 
-    /// Sends one snappy-compressed `PushRequest`.
-    pub fn push(&self, body: &[u8]) -> Outcome {
+    /// Sends one snappy-compressed `PushRequest`. `limit` shortens `loki.timeout` when ringtail
+    /// is stopping, so that a hung request cannot hold the exit past its deadline.
+    pub fn push(&self, body: &[u8], limit: Option<std::time::Duration>) -> Outcome {
         let auth = match self.authorization() {
             Ok(a) => a,
             Err(reason) => return Outcome::Retry { status: -1, reason },
@@ -123,7 +124,10 @@ impl LokiClient {
             req = req.header("Authorization", a);
         }
         let started = Instant::now();
-        let result = req.send(body);
+        let result = match limit {
+            Some(t) => req.config().timeout_global(Some(t)).build().send(body),
+            None => req.send(body),
+        };
         let (status, outcome) = match result {
             Err(e) => (
                 -1,

@@ -208,7 +208,8 @@ impl Writer {
         let body = &self.compressed[..n];
         let mut backoff = Backoff::new(self.cfg.retry.min_backoff.0, self.cfg.retry.max_backoff.0);
         loop {
-            match client.push(body) {
+            let limit = stop.remaining().map(|r| r.max(Duration::from_millis(100)));
+            match client.push(body, limit) {
                 Outcome::Stored => {
                     METRICS
                         .sent_bytes

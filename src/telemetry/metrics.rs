@@ -103,107 +103,107 @@ impl Metrics {
             // prometheus-client appends `_total` to counters itself.
             r.register(
                 "loki_write_sent_bytes",
-                "Compressed bytes of batches Loki accepted.",
+                "Compressed bytes of batches Loki accepted",
                 m.sent_bytes.clone(),
             );
             r.register(
                 "loki_write_sent_entries",
-                "Entries Loki accepted.",
+                "Entries Loki accepted",
                 m.sent_entries.clone(),
             );
             r.register(
                 "loki_write_dropped_bytes",
-                "Bytes dropped on purpose, by reason.",
+                "Bytes dropped on purpose, by reason",
                 m.dropped_bytes.clone(),
             );
             r.register(
                 "loki_write_dropped_entries",
-                "Entries dropped on purpose, by reason.",
+                "Entries dropped on purpose, by reason",
                 m.dropped_entries.clone(),
             );
             r.register(
                 "loki_write_request_duration_seconds",
-                "Push request duration, by status code (-1: transport error).",
+                "Push request duration, by status code (-1: transport error)",
                 m.request_duration.clone(),
             );
             r.register(
                 "loki_write_batch_retries",
-                "Push attempts that will be retried.",
+                "Push attempts that will be retried",
                 m.batch_retries.clone(),
             );
             r.register(
                 "loki_process_duration_seconds",
-                "Time from reading an entry to handing it to the writer.",
+                "Time from reading an entry to handing it to the writer",
                 m.process_duration.clone(),
             );
             r.register(
                 "ringtail_files_tracked",
-                "Files being tailed.",
+                "Files being tailed",
                 m.files_tracked.clone(),
             );
             r.register(
                 "ringtail_files_open",
-                "Open file descriptors of tailed files.",
+                "Open file descriptors of tailed files",
                 m.files_open.clone(),
             );
             r.register(
                 "ringtail_read_bytes",
-                "Bytes read, by source.",
+                "Bytes read, by source",
                 m.read_bytes.clone(),
             );
             r.register(
                 "ringtail_read_lines",
-                "Lines read, by source.",
+                "Lines read, by source",
                 m.read_lines.clone(),
             );
             r.register(
                 "ringtail_io_mode",
-                "1 for the read path in use: io_uring or pread.",
+                "1 for the read path in use: io_uring or pread",
                 m.io_mode.clone(),
             );
             r.register(
                 "ringtail_lines_truncated",
-                "Lines cut to max_line_size.",
+                "Lines cut to max_line_size",
                 m.lines_truncated.clone(),
             );
             r.register(
                 "ringtail_lines_repaired",
-                "Lines whose invalid UTF-8 was replaced with U+FFFD.",
+                "Lines whose invalid UTF-8 was replaced with U+FFFD",
                 m.lines_repaired.clone(),
             );
             r.register(
                 "ringtail_lines_malformed",
-                "Lines that were not CRI records, sent raw.",
+                "Lines that were not CRI records, sent raw",
                 m.lines_malformed.clone(),
             );
             r.register(
                 "ringtail_file_events",
-                "File lifecycle events: new, rotated, truncated, deleted, reopened, skipped.",
+                "File lifecycle events: new, rotated, truncated, deleted, reopened, skipped",
                 m.file_events.clone(),
             );
             r.register(
                 "ringtail_bytes_lost",
-                "Bytes that could not be read, by reason.",
+                "Bytes that could not be read, by reason",
                 m.bytes_lost.clone(),
             );
             r.register(
                 "ringtail_positions_commits",
-                "Positions files written.",
+                "Positions files written",
                 m.positions_commits.clone(),
             );
             r.register(
                 "ringtail_positions_errors",
-                "Positions files that could not be written or read.",
+                "Positions files that could not be written or read",
                 m.positions_errors.clone(),
             );
             r.register(
                 "ringtail_positions_gaps",
-                "Acked advances that did not continue the previous one (a bug if not 0).",
+                "Acked advances that did not continue the previous one (a bug if not 0)",
                 m.positions_gaps.clone(),
             );
             r.register(
                 "ringtail_ring_full_seconds",
-                "Seconds readers waited because the ring to the writer was full.",
+                "Seconds readers waited because the ring to the writer was full",
                 m.ring_full_seconds.clone(),
             );
         }

@@ -176,9 +176,15 @@ pub enum Control {
 struct Known {
     path: Arc<Path>,
     size: u64,
+    /// Consecutive scans that did not find it. A rename that lands between `readdir` and
+    /// `stat` makes a file invisible for one scan; only [`GONE_AFTER`] misses mean it is gone.
+    missed: u8,
     /// `None`: seen and deliberately not read (skipped).
     tailer: Option<usize>,
 }
+
+/// Scans a file must be missing from before it is declared gone.
+const GONE_AFTER: u8 = 2;
 
 /// The discovery loop's state.
 pub struct Discovery {
@@ -267,6 +273,7 @@ impl Discovery {
             let found = &self.found[i];
             match self.known.get_mut(&key) {
                 Some(k) => {
+                    k.missed = 0;
                     if *k.path != *found.path {
                         k.path = Arc::from(found.path.as_path());
                         if let Some(t) = k.tailer {
@@ -295,16 +302,27 @@ impl Discovery {
                         mtime,
                         at_start,
                     );
-                    self.known.insert(key, Known { path, size, tailer });
+                    self.known.insert(
+                        key,
+                        Known {
+                            path,
+                            size,
+                            missed: 0,
+                            tailer,
+                        },
+                    );
                 }
             }
         }
-        let gone: Vec<FileKey> = self
-            .known
-            .keys()
-            .filter(|k| !seen.contains_key(k))
-            .copied()
-            .collect();
+        let mut gone: Vec<FileKey> = Vec::new();
+        for (key, k) in self.known.iter_mut() {
+            if !seen.contains_key(key) {
+                k.missed += 1;
+                if k.missed >= GONE_AFTER {
+                    gone.push(*key);
+                }
+            }
+        }
         for key in gone {
             if let Some(Known {
                 tailer: Some(t), ..
@@ -314,6 +332,18 @@ impl Discovery {
             }
         }
         METRICS.files_tracked.set(self.known.len() as i64);
+        if at_start {
+            self.report_missing_at_start();
+        }
+    }
+
+    /// Positions whose file is no longer in the tree when ringtail starts: rotated and
+    /// compressed (or deleted) while it was down. What was written after the position went
+    /// into a `.gz`, which is never read, so say so.
+    fn report_missing_at_start(&mut self) {
+        for (_, p) in self.stored.drain() {
+            warn_gone(&p);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -339,6 +369,7 @@ impl Discovery {
                 return None;
             }
         };
+        let had_position = self.stored.contains_key(&key);
         let (stored, reused_inode) = match self.stored.remove(&key) {
             Some(p) => {
                 let fp = p.fingerprint();
@@ -347,6 +378,8 @@ impl Discovery {
                 if matches {
                     (Some(p.offset), false)
                 } else {
+                    // The inode was freed and reused: the file the position was for is gone.
+                    warn_gone(&p);
                     (None, true)
                 }
             }
@@ -378,10 +411,23 @@ impl Discovery {
         METRICS.file_event("new");
         log::debug!("tailing {} from offset {start}", path.display());
         let t = (hash_key(&key) % self.tailers.len() as u64) as usize;
-        let tail = Tail::new(key, path, labels, Fingerprint::of(&head), start, size);
+        let mut tail = Tail::new(key, path, labels, Fingerprint::of(&head), start, size);
+        if had_position && stored != Some(start) {
+            tail.restart_chain();
+        }
         let _ = self.tailers[t].send(Control::Add(Box::new(tail)));
         Some(t)
     }
+}
+
+fn warn_gone(p: &FilePos) {
+    METRICS.file_event("gone_while_down");
+    log::warn!(
+        "{} (read up to byte {}) is gone: it was rotated and compressed, or deleted, while \
+         ringtail was not running; lines written to it after that point were not shipped",
+        p.path.display(),
+        p.offset
+    );
 }
 
 fn hash_key(k: &FileKey) -> u64 {

@@ -216,13 +216,7 @@ impl Tailer {
             self.ring.recycle(chunk);
             return true;
         }
-        match self.ring.send(chunk, stop) {
-            Ok(()) => true,
-            Err(c) => {
-                self.ring.recycle(c);
-                false
-            }
-        }
+        self.ring.send(chunk, stop)
     }
 
     /// A drained file: send its last advance (`Done`, so its position is forgotten once acked)

@@ -78,6 +78,12 @@ impl Tail {
         }
     }
 
+    /// Starts the position chain afresh: the stored position of this identity belongs to
+    /// other content (a reused inode, or a file truncated while ringtail was down).
+    pub fn restart_chain(&mut self) {
+        self.restart = true;
+    }
+
     /// The file shrank below what was read: copytruncate or a rewrite. Start again at 0.
     /// Returns the bytes between the new size and the old offset that can no longer be read.
     pub fn truncated(&mut self, new_size: u64) -> u64 {

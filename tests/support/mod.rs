@@ -1,0 +1,49 @@
+//! Support code for ringtail's integration tests: a fake Loki, a kubelet/containerd log-tree
+//! writer, and a harness for the `ringtail` process. Plain std (threads and `std::net`).
+//!
+//! Include it from a test file with `mod support;` and `use support::*;`.
+//!
+//! - [`receiver`]: [`LokiReceiver`], an HTTP/1.1 server that accepts
+//!   `POST /loki/api/v1/push` the way Loki's distributor does and records what it stored.
+//! - [`cri`]: [`PodDir`] / [`ContainerLog`], CRI log files written exactly as containerd writes
+//!   them, rotated exactly as kubelet rotates them, with a deterministic [`Clock`].
+//! - [`proc`]: [`Ringtail`], the `ringtail` binary run as a child process.
+//! - [`http`]: a small blocking HTTP/1.1 client (used for `/metrics` and by the self-tests).
+#![allow(dead_code)]
+
+pub mod cri;
+pub mod http;
+pub mod proc;
+pub mod receiver;
+
+#[allow(unused_imports)]
+pub use cri::{
+    format_rfc3339nano, parse_rfc3339nano, Clock, ContainerLog, PodDir, Stream, CRI_MAX_LINE,
+};
+#[allow(unused_imports)]
+pub use proc::{
+    bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, try_metrics,
+    CliOutput, Ringtail,
+};
+#[allow(unused_imports)]
+pub use receiver::{
+    encode_push, parse_labels, push_entry, push_stream, Limits, LokiReceiver, Received,
+    RequestRecord, DROP_CONNECTION, PUSH_PATH,
+};
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 10 ms until it is true (returns true) or `timeout` has passed (returns
+/// false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

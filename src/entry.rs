@@ -209,6 +209,20 @@ impl Chunk {
         std::str::from_utf8(bytes).unwrap_or("\u{FFFD}")
     }
 
+    /// The bytes of a span, without the UTF-8 check of [`Chunk::str`] (the encoder's path:
+    /// protobuf strings are bytes on the wire, and every span is valid UTF-8 by construction).
+    pub fn bytes(&self, span: Span) -> &[u8] {
+        &self.data[span.start as usize..span.end as usize]
+    }
+
+    /// A metadata value's bytes.
+    pub fn meta_bytes<'a>(&'a self, v: &'a MetaVal) -> &'a [u8] {
+        match v {
+            MetaVal::Span(s) => self.bytes(*s),
+            MetaVal::Static(s) => s.as_bytes(),
+        }
+    }
+
     pub fn meta_of(&self, e: &EntryRec) -> &[(MetaKey, MetaVal)] {
         &self.meta[e.meta_start as usize..e.meta_end as usize]
     }

@@ -28,6 +28,7 @@ const SCAN_EVERY: Duration = Duration::from_millis(500);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(cfg: Config) -> Result<(), String> {
+    exit_on_panic();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         format!(
             "data_dir: cannot create {}: {e}; mount a writable hostPath there",
@@ -214,6 +215,18 @@ fn pin_to_core(core: usize) {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// A panic in any stage is a bug; a collector that silently stops one of its threads would
+/// stop shipping without saying so. Log it and exit non-zero, so that the kubelet restarts the
+/// pod and it resumes from the committed positions.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("internal error, exiting so the pod restarts: {info}");
+        default(info);
+        std::process::exit(101);
+    }));
 }
 
 fn watch_signals(stop: Arc<Stop>, grace: Duration) -> Result<(), String> {

@@ -159,6 +159,22 @@ fn many_pods_and_containers_arrive_with_exact_labels() {
             }
         }
     }
+    // A static pod: its directory carries the config hash where the UID would be.
+    let mut apiserver = w
+        .pod(
+            "kube-system",
+            "kube-apiserver-node-1",
+            "5e7f3e2c9d0a4b1c8f6e2d3a4b5c6d7e",
+        )
+        .container("kube-apiserver");
+    let static_line = "I1125 10:00:00.900000 1 server.go:155] Version";
+    let ts = apiserver.write_line(Stream::Stderr, static_line);
+    want.push((
+        labels("kube-system", "kube-apiserver-node-1", "kube-apiserver"),
+        ts,
+        static_line.to_string(),
+        meta(&[("stream", "stderr")]),
+    ));
     let mut rt = w.start("");
     wait_entries(&w.rx, want.len(), &rt);
     w.rx.wait_quiet(Duration::from_millis(500));
@@ -349,18 +365,31 @@ fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
     // The container restarts: 1.log.
     log.restart();
     write(&mut log, 100, "restarted", &mut want);
-    // A container whose files are removed right after writing: drained through the open fd.
+    // A container whose file is deleted right after a burst: once ringtail has it open, the
+    // rest is drained through the open descriptor.
     let mut gone = pod.container("gone");
     let gl = labels("ns", "busy", "gone");
-    for i in 0..50 {
+    let ts = gone.write_line(Stream::Stdout, "gone first");
+    want.push((
+        gl.clone(),
+        ts,
+        "gone first".to_string(),
+        meta(&[("stream", "stdout")]),
+    ));
+    assert!(wait_until(WAIT, || w
+        .rx
+        .lines()
+        .iter()
+        .any(|l| l == "gone first")));
+    for i in 0..500 {
         let line = format!("gone {i}");
         let ts = gone.write_line(Stream::Stdout, &line);
         want.push((gl.clone(), ts, line, meta(&[("stream", "stdout")])));
     }
+    gone.remove_all();
     wait_entries(&w.rx, want.len(), &rt);
     w.rx.wait_quiet(Duration::from_millis(800));
     assert_exactly(&w.rx, &want);
-    gone.remove_all();
     std::thread::sleep(Duration::from_millis(1500));
     let m = metrics(w.port);
     assert!(
@@ -459,13 +488,13 @@ fn kill_9_and_restart_loses_nothing_and_bounds_duplicates() {
         };
     let mut kills = Vec::new();
     let mut rt = w.start("");
-    for cycle in 0..4 {
+    for cycle in 0..6 {
         for _ in 0..10 {
             write_some(&mut logs, 300, &mut want);
             std::thread::sleep(Duration::from_millis(40 + 15 * cycle as u64));
         }
-        if cycle == 1 {
-            logs[0].rotate();
+        if cycle % 2 == 1 {
+            logs[cycle % 4].rotate();
         }
         rt.kill9();
         kills.push(Instant::now());
@@ -940,4 +969,148 @@ mod serde_yaml_value {
         }
         Value(out)
     }
+}
+
+#[test]
+fn open_files_are_capped_and_reopened_by_identity() {
+    let mut w = World::new();
+    let mut logs: Vec<ContainerLog> = (0..40)
+        .map(|i| {
+            w.pod("many", &format!("p{i}"), &format!("u{i}"))
+                .container("c")
+        })
+        .collect();
+    let mut want = Vec::new();
+    let write_round = |logs: &mut Vec<ContainerLog>, round: usize, want: &mut Vec<Expected>| {
+        for (i, log) in logs.iter_mut().enumerate() {
+            let line = format!("round {round} file {i}");
+            let ts = log.write_line(Stream::Stdout, &line);
+            want.push((
+                labels("many", &format!("p{i}"), "c"),
+                ts,
+                line,
+                meta(&[("stream", "stdout")]),
+            ));
+        }
+    };
+    write_round(&mut logs, 0, &mut want);
+    let mut rt = w.start("tail:\n  threads: 2\n  max_open_files: 16\n");
+    wait_entries(&w.rx, want.len(), &rt);
+    for round in 1..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        write_round(&mut logs, round, &mut want);
+        wait_entries(&w.rx, want.len(), &rt);
+        let m = metrics(w.port);
+        let open = metric_value(&m, "ringtail_files_open").unwrap_or(f64::MAX);
+        assert!(open <= 16.0, "{open} files open, cap 16\n{m}");
+    }
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    let m = metrics(w.port);
+    assert!(
+        metric_value(&m, "ringtail_file_events_total{event=\"closed_lru\"}").unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, "ringtail_files_tracked"), Some(40.0));
+    rt.sigterm();
+    assert!(rt
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn tenant_and_auth_headers_come_from_config_and_files() {
+    let w = World::new();
+    w.pod("ns", "p", "u")
+        .container("c")
+        .write_line(Stream::Stdout, "one");
+    let token = w.dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let extra = format!(
+        "tenant_id: team-a\n  bearer_token_file: {}\n",
+        token.display()
+    );
+    let cfg = w
+        .config("")
+        .replacen("loki:\n", &format!("loki:\n  {extra}"), 1);
+    let run_dir = w.dir.path().join("auth-run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut rt = Ringtail::start(&cfg, &run_dir);
+    wait_entries(&w.rx, 1, &rt);
+    let h = w.rx.headers_of_request(0);
+    assert_eq!(h.get("x-scope-orgid").map(String::as_str), Some("team-a"));
+    assert_eq!(
+        h.get("authorization").map(String::as_str),
+        Some("Bearer s3cret-token")
+    );
+    let m = metrics(w.port);
+    assert!(m.contains("tenant=\"team-a\""), "{m}");
+    assert!(!m.contains("s3cret") && !rt.stderr_text().contains("s3cret"));
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+
+    // Basic auth, the password read from its file.
+    let w2 = World::new();
+    w2.pod("ns", "p", "u")
+        .container("c")
+        .write_line(Stream::Stdout, "two");
+    let pw = w2.dir.path().join("pw");
+    std::fs::write(&pw, "hunter2").unwrap();
+    let extra = format!(
+        "basic_auth: {{ username: ringtail, password_file: {} }}\n",
+        pw.display()
+    );
+    let cfg = w2
+        .config("")
+        .replacen("loki:\n", &format!("loki:\n  {extra}"), 1);
+    let run_dir = w2.dir.path().join("basic-run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut rt = Ringtail::start(&cfg, &run_dir);
+    wait_entries(&w2.rx, 1, &rt);
+    // base64("ringtail:hunter2")
+    assert_eq!(
+        w2.rx
+            .headers_of_request(0)
+            .get("authorization")
+            .map(String::as_str),
+        Some("Basic cmluZ3RhaWw6aHVudGVyMg==")
+    );
+    let out = run_cli(
+        &[
+            "check-config",
+            run_dir.join("ringtail.yaml").to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        !out.stdout.contains("hunter2"),
+        "check-config prints the file path, never the secret"
+    );
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_quiet_node_flushes_at_once_instead_of_waiting_for_max_wait() {
+    let w = World::new();
+    let mut log = w.pod("ns", "p", "u").container("c");
+    let cfg = w.config("").replace("max_wait: 200ms", "max_wait: 30s");
+    assert!(cfg.contains("max_wait: 30s"));
+    let run_dir = w.dir.path().join("idle-run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut rt = Ringtail::start(&cfg, &run_dir);
+    assert!(rt.wait_ready(w.port, Duration::from_secs(10)));
+    for i in 0..5 {
+        let t = Instant::now();
+        log.write_line(Stream::Stdout, format!("quiet {i}"));
+        wait_entries(&w.rx, i + 1, &rt);
+        // Discovery or the idle re-check sees it within ~0.5 s; far below max_wait.
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -30,7 +30,11 @@ impl Positions {
             dir,
             files: loaded.into_iter().map(|p| (p.key(), p)).collect(),
             dirty: false,
-            last_save: Instant::now(),
+            // The first change is written at once: files registered at start are on disk
+            // before a crash in the first second could forget them.
+            last_save: Instant::now()
+                .checked_sub(interval)
+                .unwrap_or_else(Instant::now),
             interval,
         }
     }

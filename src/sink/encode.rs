@@ -24,7 +24,7 @@ fn len_delimited(tag: u32, len: u64) -> u64 {
     key_len(tag) as u64 + encoded_len_varint(len) as u64 + len
 }
 
-fn string_field(tag: u32, s: &str) -> u64 {
+fn string_field(tag: u32, s: &[u8]) -> u64 {
     if s.is_empty() {
         0
     } else {
@@ -32,11 +32,11 @@ fn string_field(tag: u32, s: &str) -> u64 {
     }
 }
 
-fn put_string(tag: u32, s: &str, out: &mut Vec<u8>) {
+fn put_string(tag: u32, s: &[u8], out: &mut Vec<u8>) {
     if !s.is_empty() {
         encode_key(tag, WireType::LengthDelimited, out);
         encode_varint(s.len() as u64, out);
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
     }
 }
 
@@ -59,15 +59,15 @@ fn split_ts(ts_ns: i64) -> (i64, i32) {
     )
 }
 
-fn pair_len(name: &str, value: &str) -> u64 {
+fn pair_len(name: &[u8], value: &[u8]) -> u64 {
     string_field(1, name) + string_field(2, value)
 }
 
 fn entry_len(chunk: &Chunk, e: &EntryRec) -> u64 {
     let mut n = len_delimited(1, timestamp_len(e.ts_ns));
-    n += string_field(2, chunk.str(e.line));
+    n += string_field(2, chunk.bytes(e.line));
     for (k, v) in chunk.meta_of(e) {
-        n += len_delimited(3, pair_len(k.as_str(), chunk.meta_str(v)));
+        n += len_delimited(3, pair_len(k.as_str().as_bytes(), chunk.meta_bytes(v)));
     }
     n
 }
@@ -97,7 +97,7 @@ impl Encoder {
             refs.extend((0..chunk.entries.len() as u32).map(|ei| (ci as u32, ei)));
         }
         for (first, refs) in &self.streams {
-            let labels = chunks[*first].labels.rendered();
+            let labels = chunks[*first].labels.rendered().as_bytes();
             let mut stream_len = string_field(1, labels);
             for &(ci, ei) in refs {
                 let chunk = &chunks[ci as usize];
@@ -125,9 +125,9 @@ impl Encoder {
                     encode_key(2, WireType::Varint, out);
                     encode_varint(nanos as u64, out);
                 }
-                put_string(2, chunk.str(e.line), out);
+                put_string(2, chunk.bytes(e.line), out);
                 for (k, v) in chunk.meta_of(e) {
-                    let (name, value) = (k.as_str(), chunk.meta_str(v));
+                    let (name, value) = (k.as_str().as_bytes(), chunk.meta_bytes(v));
                     encode_key(3, WireType::LengthDelimited, out);
                     encode_varint(pair_len(name, value), out);
                     put_string(1, name, out);

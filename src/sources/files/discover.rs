@@ -130,6 +130,11 @@ pub enum Start {
     Skip,
 }
 
+/// Every tracked file is in the positions file within about a second of being found (see
+/// `schedule.rs`, `to_register`). A rotated file without a position whose last write is this
+/// close to the last positions write may have been created in that second: read it.
+const ROTATED_MARGIN_SECS: i64 = 5;
+
 /// The facts [`decide_start`] needs about a file seen for the first time by this process.
 #[derive(Clone, Copy, Debug)]
 pub struct FirstSight {
@@ -157,9 +162,10 @@ pub fn decide_start(f: FirstSight, read_from: ReadFrom) -> Start {
         (None, true, _, _) if f.reused_inode => Start::At(0),
         (None, true, false, ReadFrom::Beginning) => Start::At(0),
         (None, true, false, ReadFrom::End) => Start::At(f.size),
-        // Rotated while ringtail was down: written after the last positions write, so unread.
+        // Rotated while ringtail was down: written after the last positions write (with a
+        // margin for a file created just before it and not yet registered), so unread.
         (None, true, true, _) => match f.saved_at {
-            Some(t) if f.mtime >= t as i64 => Start::At(0),
+            Some(t) if f.mtime + ROTATED_MARGIN_SECS >= t as i64 => Start::At(0),
             _ => Start::Skip,
         },
     }
@@ -562,6 +568,12 @@ mod tests {
             Start::At(0)
         );
         let mut old = sight(None, true, true);
+        old.mtime = 36;
+        assert_eq!(
+            decide_start(old, Beginning),
+            Start::At(0),
+            "within the margin"
+        );
         old.mtime = 10;
         assert_eq!(decide_start(old, Beginning), Start::Skip);
         old.saved_at = None;

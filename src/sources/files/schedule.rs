@@ -48,6 +48,9 @@ pub struct Tailer {
     cursor: usize,
     /// Gone while closed: nothing more can be read; send their `Done` advance.
     to_finish: Vec<FileKey>,
+    /// Just added: send their start position, so that the positions file knows every file
+    /// from the moment it is tracked (a restart then never mistakes it for an old rotation).
+    to_register: Vec<FileKey>,
     read_bytes: Counter,
     read_lines: Counter,
 }
@@ -74,6 +77,7 @@ impl Tailer {
             open: 0,
             cursor: 0,
             to_finish: Vec::new(),
+            to_register: Vec::new(),
             read_bytes: Metrics::source_counter(&METRICS.read_bytes, "pods"),
             read_lines: Metrics::source_counter(&METRICS.read_lines, "pods"),
         }
@@ -93,6 +97,16 @@ impl Tailer {
             for key in std::mem::take(&mut self.to_finish) {
                 if !self.finish(key, stop) {
                     return;
+                }
+            }
+            for key in std::mem::take(&mut self.to_register) {
+                if let Some(&i) = self.index.get(&key) {
+                    let t = &mut self.files[i];
+                    let mut chunk = self.ring.chunk(t.labels.clone());
+                    t.set_advance(&mut chunk, AdvanceKind::Continue);
+                    if !self.ring.send(chunk, stop) {
+                        return;
+                    }
                 }
             }
             let now = Instant::now();
@@ -117,12 +131,14 @@ impl Tailer {
                 }
                 continue;
             }
+            // Invariant: every picked file is open (see `pick`), so request `i` reads file
+            // `picked[i]` into buffer `i`.
             let mut reqs: Vec<ReadReq> = Vec::with_capacity(picked.len());
             for (&fi, buf) in picked.iter().zip(self.bufs.iter_mut()) {
                 let t = &self.files[fi];
-                let Some(f) = &t.file else { continue };
+                let fd = t.file.as_ref().map_or(-1, |f| f.as_raw_fd());
                 reqs.push(ReadReq {
-                    fd: f.as_raw_fd(),
+                    fd,
                     offset: t.read_offset,
                     buf: &mut buf[..],
                 });
@@ -251,7 +267,7 @@ impl Tailer {
             }
             if t.file.is_none() {
                 let wants = t.size_hint > t.read_offset || t.life == Life::Draining;
-                if !wants || !self.open_file(fi) {
+                if !wants || !self.open_file(fi, picked) {
                     self.files[fi].next_check = now + MAX_IDLE;
                     continue;
                 }
@@ -263,12 +279,12 @@ impl Tailer {
 
     /// Opens a file by its path, checking it is still the same identity. Closes the least
     /// recently read idle file first if the cap is reached.
-    fn open_file(&mut self, fi: usize) -> bool {
+    fn open_file(&mut self, fi: usize, picked: &[usize]) -> bool {
         if self.files[fi].life == Life::Draining {
             // Gone while closed: `to_finish` has it.
             return false;
         }
-        if self.open >= self.max_open && !self.close_lru(fi) {
+        if self.open >= self.max_open && !self.close_lru(fi, picked) {
             return false;
         }
         let t = &mut self.files[fi];
@@ -291,13 +307,18 @@ impl Tailer {
         }
     }
 
-    fn close_lru(&mut self, except: usize) -> bool {
+    /// Closes the least recently read idle file, never `except` or one picked for this turn.
+    fn close_lru(&mut self, except: usize, picked: &[usize]) -> bool {
         let victim = self
             .files
             .iter()
             .enumerate()
             .filter(|(i, t)| {
-                *i != except && t.file.is_some() && t.life == Life::Live && t.idle_rounds > 0
+                *i != except
+                    && !picked.contains(i)
+                    && t.file.is_some()
+                    && t.life == Life::Live
+                    && t.idle_rounds > 0
             })
             .min_by_key(|(_, t)| t.last_read)
             .map(|(i, _)| i);
@@ -320,6 +341,7 @@ impl Tailer {
                     return;
                 }
                 self.index.insert(tail.key, self.files.len());
+                self.to_register.push(tail.key);
                 self.files.push(*tail);
             }
             Control::Moved { key, path } => {

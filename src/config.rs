@@ -589,7 +589,10 @@ impl Dur {
                     ))
                 }
             };
-            total += Duration::from_secs_f64(secs);
+            total = Duration::try_from_secs_f64(secs)
+                .ok()
+                .and_then(|d| total.checked_add(d))
+                .ok_or_else(|| format!("{s:?} is too long a duration"))?;
             rest = next;
         }
         Ok(Dur(total))
@@ -597,16 +600,25 @@ impl Dur {
 }
 
 impl fmt::Display for Dur {
+    /// The largest unit that writes the duration exactly, so that `check-config` output parses
+    /// back to the same value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms % 3_600_000 == 0 && ms > 0 {
-            write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
-            write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
+        let ns = self.0.as_nanos();
+        for (unit, size) in [
+            ("h", 3_600_000_000_000u128),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if ns > 0 && ns % size == 0 {
+                return write!(f, "{}{unit}", ns / size);
+            }
+        }
+        if ns == 0 {
+            f.write_str("0s")
         } else {
-            write!(f, "{ms}ms")
+            write!(f, "{ns}ns")
         }
     }
 }
@@ -814,6 +826,15 @@ alloy:
         assert_eq!(Size::parse("42").unwrap().0, 42);
         assert!(Size::parse("1 furlong").is_err());
         assert_eq!(Dur(Duration::from_millis(500)).to_string(), "500ms");
+        assert_eq!(Dur(Duration::from_micros(500)).to_string(), "500us");
+        assert_eq!(Dur(Duration::from_secs(5400)).to_string(), "90m");
+        for s in ["500us", "1ns", "90m", "7h", "0s", "1500ms"] {
+            let d = Dur::parse(s).unwrap();
+            assert_eq!(Dur::parse(&d.to_string()).unwrap(), d, "{s}");
+        }
+        // Found by the config fuzzer: these panicked in Duration::from_secs_f64.
+        assert!(Dur::parse("99999999999999999999h").is_err());
+        assert!(Dur::parse("10000000000000000000s10000000000000000000s").is_err());
         assert_eq!(Size(1 << 20).to_string(), "1MiB");
     }
 }

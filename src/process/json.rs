@@ -151,6 +151,13 @@ mod tests {
     }
 
     #[test]
+    fn integers_beyond_u64_do_not_hide_the_level() {
+        // Found by the fuzzer: simd-json rejected the whole line for one huge number.
+        let got = scan(r#"{"level":"error","n":184467440737095516150,"trace_id":"t"}"#);
+        assert_eq!(got, Some((Some("error".into()), None, Some("t".into()))));
+    }
+
+    #[test]
     fn non_objects_and_bad_json_give_none() {
         assert_eq!(scan("[1,2]"), None);
         assert_eq!(scan(r#"{"level":"info""#), None);

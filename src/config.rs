@@ -161,7 +161,8 @@ pub struct Rke2 {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tail {
-    /// Tailer threads, each pinned to a core; 0: one per available core.
+    /// Tailer threads, each pinned to a core of the process's cpuset; 0: one per available
+    /// core, at most 4.
     pub threads: usize,
     /// Open file descriptors kept across all tailers; past it the least recently read file at
     /// its end is closed, and reopened by identity when it grows.

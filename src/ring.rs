@@ -17,12 +17,25 @@ use crate::entry::{Chunk, LabelSet};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::METRICS;
 
+/// Bytes a new chunk reserves: one read of a file turns into about this much.
+const CHUNK_BYTES: usize = 128 << 10;
+
 /// The tailers' end. Cloned once per source thread.
 pub struct RingTx {
     tx: Sender<Chunk>,
     pool: Arc<ArrayQueue<Chunk>>,
     busy: Arc<AtomicUsize>,
     is_busy: bool,
+}
+
+/// Gives emptied chunks back to the tailers; held by the writer's threads.
+#[derive(Clone)]
+pub struct Recycler(Arc<ArrayQueue<Chunk>>);
+
+impl Recycler {
+    pub fn recycle(&self, chunk: Chunk) {
+        let _ = self.0.push(chunk);
+    }
 }
 
 /// The writer's end.
@@ -72,7 +85,7 @@ impl RingTx {
                 c.reset(labels);
                 c
             }
-            None => Chunk::new(labels),
+            None => Chunk::with_capacity(labels, CHUNK_BYTES),
         }
     }
 
@@ -134,9 +147,9 @@ impl RingRx {
         self.rx.is_empty() && self.busy.load(Ordering::Acquire) == 0
     }
 
-    /// Returns an emptied chunk to the tailers.
-    pub fn recycle(&self, chunk: Chunk) {
-        let _ = self.pool.push(chunk);
+    /// A handle that returns emptied chunks to the tailers.
+    pub fn recycler(&self) -> Recycler {
+        Recycler(self.pool.clone())
     }
 }
 
@@ -176,7 +189,7 @@ mod tests {
         let mut c = tx.chunk(LabelSet::new([]));
         c.data.reserve(4096);
         let cap = c.data.capacity();
-        rx.recycle(c);
+        rx.recycler().recycle(c);
         let again = tx.chunk(LabelSet::new([]));
         assert!(again.data.capacity() >= cap && again.data.is_empty());
     }

@@ -13,7 +13,7 @@ use crate::process::Processor;
 use crate::ring::{ring, RingTx};
 use crate::shutdown::Stop;
 use crate::sink::loki::LokiClient;
-use crate::sink::{Output, Progress, Writer};
+use crate::sink::{self, Output, Progress};
 use crate::sources::files::discover::Discovery;
 use crate::sources::files::io::BatchIo;
 use crate::sources::files::schedule::Tailer;
@@ -24,6 +24,9 @@ use crate::telemetry::server::{self, Health};
 const RING_CHUNKS: usize = 64;
 /// How often discovery lists the log tree: new files are picked up within this.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// Tailers started by `tail.threads: 0`. Each holds its read buffers (4 MiB); past a few, a
+/// node's log volume is bound by the writer, not by reading.
+const MAX_AUTO_TAILERS: usize = 4;
 /// How often acked positions are written.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -93,11 +96,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
             log::warn!("{key} is enabled, but this build ships pod logs only; set {key}.enabled: false to silence this");
         }
     }
-    let writer = Writer::new(ring_rx, output, positions, cfg.loki.clone(), progress);
-    let writer = spawn("writer", None, {
-        let stop = stop.clone();
-        move || writer.run(&stop)
-    })?;
+    let writer = sink::start(
+        ring_rx,
+        output,
+        positions,
+        cfg.loki.clone(),
+        progress,
+        stop.clone(),
+    )
+    .map_err(|e| format!("cannot start the writer threads: {e}"))?;
     health.ready.store(true, Ordering::Relaxed);
     log::info!(
         "ringtail {} running on node {}",
@@ -113,7 +120,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
-    let _ = writer.join();
+    for t in writer {
+        let _ = t.join();
+    }
     log::info!("stopped");
     Ok(())
 }
@@ -128,9 +137,10 @@ fn start_pods(
     loaded: store::Loaded,
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<Discovery, String> {
+    let cpus = allowed_cpus();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = if cfg.tail.threads == 0 {
-        cores
+        cores.min(MAX_AUTO_TAILERS)
     } else {
         cfg.tail.threads
     };
@@ -151,7 +161,8 @@ fn start_pods(
             (cfg.tail.max_open_files / n).max(1),
         );
         let stop = stop.clone();
-        threads.push(spawn(&name, Some(i % cores), move || tailer.run(&stop))?);
+        let core = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+        threads.push(spawn(&name, core, move || tailer.run(&stop))?);
     }
     let mut discovery = Discovery::new(
         cfg.logs.pods.path.clone(),
@@ -196,6 +207,21 @@ fn spawn(
             f()
         })
         .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// The CPUs this process may run on (its cpuset), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data; sched_getaffinity fills at most its size, and
+    // CPU_ISSET reads within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
 }
 
 /// Pins the calling thread to one core, so a tailer keeps its caches warm. A failure (a cpuset

@@ -6,6 +6,7 @@
 //! line), and the tape's allocation is reused across lines and chunks.
 
 use bumpalo::Bump;
+use memchr::memmem;
 use simd_json::{Node, StaticNode, Tape};
 
 /// A level as written: text, or a bunyan/pino number.
@@ -25,6 +26,8 @@ pub struct JsonFields<'a> {
 
 /// Reusable parser state; one per tailer thread.
 pub struct JsonScanner {
+    /// Finds `"trace`, the start of every trace key, for [`JsonScanner::quick_level`].
+    trace_key: memmem::Finder<'static>,
     buffers: simd_json::Buffers,
     /// Kept empty between calls; `Tape::reset` moves it to the lifetime of each input.
     tape: Option<Tape<'static>>,
@@ -33,6 +36,7 @@ pub struct JsonScanner {
 impl Default for JsonScanner {
     fn default() -> Self {
         JsonScanner {
+            trace_key: memmem::Finder::new(b"\"trace"),
             buffers: simd_json::Buffers::new(4096),
             tape: Some(Tape::null().reset()),
         }
@@ -40,6 +44,23 @@ impl Default for JsonScanner {
 }
 
 impl JsonScanner {
+    /// The level of a zap- or logrus-style line, `{"level":"<value>",…}`, read without a full
+    /// parse, when nothing else in the line needs one: no `"trace` key anywhere. `None` means
+    /// "use [`JsonScanner::scan`]". Unlike `scan`, it does not validate the rest of the line: a
+    /// line that starts like JSON and breaks later still gets its level.
+    pub fn quick_level<'a>(&self, line: &'a [u8]) -> Option<&'a [u8]> {
+        const PREFIX: &[u8] = b"{\"level\":\"";
+        let rest = line.strip_prefix(PREFIX)?;
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' || !matches!(rest.get(end + 1), Some(b',' | b'}')) {
+            return None;
+        }
+        if line.trim_ascii_end().last() != Some(&b'}') || self.trace_key.find(line).is_some() {
+            return None;
+        }
+        Some(&rest[..end])
+    }
+
     /// Parses `line` if it is a JSON object; `None` when it is not valid JSON or not an object.
     pub fn scan<'a>(&mut self, arena: &'a Bump, line: &[u8]) -> Option<JsonFields<'a>> {
         let padded = arena.alloc_slice_fill_copy(line.len() + simd_json::INPUT_PADDING, 0u8);
@@ -148,6 +169,38 @@ mod tests {
             scan(r#"{"traceID":"t2","level":null}"#),
             Some((None, None, Some("t2".into())))
         );
+    }
+
+    #[test]
+    fn quick_level_agrees_with_the_full_parse_where_it_answers() {
+        let s = JsonScanner::default();
+        let arena = Bump::new();
+        let mut full = JsonScanner::default();
+        for line in [
+            r#"{"level":"info","ts":1.5,"msg":"a"}"#,
+            r#"{"level":"WARN"}"#,
+            r#"{"level":"error","msg":"x","trace_id":"abc"}"#,
+            r#"{"level":"in\"fo","msg":"x"}"#,
+            r#"{"lvl":"info"}"#,
+            r#"{"level":"info""#,
+            r#"{"level":30,"msg":"x"}"#,
+            r#"{"msg":"x","level":"debug"}"#,
+        ] {
+            let quick = s.quick_level(line.as_bytes());
+            if let Some(q) = quick {
+                let f = full.scan(&arena, line.as_bytes()).expect("valid JSON");
+                assert_eq!(
+                    f.level,
+                    Some(LevelValue::Text(std::str::from_utf8(q).unwrap())),
+                    "{line}"
+                );
+            }
+            let expect_quick = matches!(
+                line,
+                r#"{"level":"info","ts":1.5,"msg":"a"}"# | r#"{"level":"WARN"}"#
+            );
+            assert_eq!(quick.is_some(), expect_quick, "{line}");
+        }
     }
 
     #[test]

@@ -94,7 +94,15 @@ impl Processor {
             .push((MetaKey::Stream, MetaVal::Static(stream.as_str())));
         let mut line = content;
         let mut trace: Option<TraceId> = None;
-        if content.first() == Some(&b'{') {
+        let quick = match self.json_line {
+            JsonLine::Raw => self.json.quick_level(content),
+            JsonLine::Msg => None,
+        };
+        if let Some(raw) = quick {
+            if let Some(level) = push_level(chunk, raw) {
+                chunk.meta.push((MetaKey::Level, level));
+            }
+        } else if content.first() == Some(&b'{') {
             if let Some(fields) = self.json.scan(&self.arena, content) {
                 let level = match fields.level {
                     Some(LevelValue::Text(t)) => push_level(chunk, t.as_bytes()),

@@ -16,17 +16,22 @@ pub struct TraceId {
 
 impl TraceId {
     /// Accepts 16 or 32 hex digits that are not all zero (an all-zero ID is "no trace").
+    /// One pass: check, lower-case and look for a non-zero digit together.
     pub fn parse(hex: &[u8]) -> Option<TraceId> {
-        if !(hex.len() == 16 || hex.len() == 32) || !hex.iter().all(u8::is_ascii_hexdigit) {
-            return None;
-        }
-        if hex.iter().all(|&b| b == b'0') {
+        if !(hex.len() == 16 || hex.len() == 32) {
             return None;
         }
         let mut buf = [0u8; 32];
-        buf[..hex.len()].copy_from_slice(hex);
-        buf.make_ascii_lowercase();
-        Some(TraceId {
+        let mut nonzero = false;
+        for (out, &b) in buf.iter_mut().zip(hex) {
+            let lower = b | 0x20;
+            if !(b.is_ascii_digit() || (b'a'..=b'f').contains(&lower)) {
+                return None;
+            }
+            *out = if b.is_ascii_digit() { b } else { lower };
+            nonzero |= b != b'0';
+        }
+        nonzero.then_some(TraceId {
             buf,
             len: hex.len() as u8,
         })
@@ -81,10 +86,11 @@ fn parse_traceparent(v: &[u8]) -> Option<TraceId> {
         return None;
     }
     let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
-    if !hex(&v[0..2]) || v[0..2].eq_ignore_ascii_case(b"ff") || !hex(&v[36..52]) || !hex(&v[53..55])
+    if v[0..2].eq_ignore_ascii_case(b"ff") || !hex(&v[0..2]) || !hex(&v[36..52]) || !hex(&v[53..55])
     {
         return None;
     }
+    // The trace ID itself is checked by `TraceId::parse`.
     TraceId::parse(&v[3..35])
 }
 

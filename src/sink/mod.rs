@@ -1,10 +1,13 @@
-//! The one writer: takes chunks off the ring, batches them, sends each batch to Loki (or
-//! stdout), and applies the acked positions.
+//! The writer: takes chunks off the ring, batches them, and sends each batch to Loki (or
+//! stdout); only then are their positions applied.
 //!
-//! A batch is cut when the next chunk would take it past `batch.max_bytes`, when it is
-//! `batch.max_wait` old, or at once when every source is idle (a quiet node gets its lines with
-//! low latency). While a batch is being retried nothing else is sent: per-stream order holds, the
-//! ring fills, and the tailers pause. Positions move only after the answer.
+//! Two threads, one batch apart. The batcher cuts a batch when the next chunk would take it past
+//! `batch.max_bytes`, when it is `batch.max_wait` old, or at once when every source is idle (a
+//! quiet node gets its lines with low latency); it encodes and compresses it. The sender pushes
+//! it, retrying as long as it takes, and applies its positions. So the next batch is compressed
+//! while the last one is on the wire, and still only one request is in flight: per-stream order
+//! holds. While the sender retries, the hand-off (one batch) fills, the batcher stops taking
+//! from the ring, the ring fills, and the tailers pause.
 
 pub mod encode;
 pub mod loki;
@@ -16,12 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config;
 use crate::entry::Chunk;
 use crate::positions::Positions;
-use crate::ring::RingRx;
+use crate::ring::{Recycler, RingRx};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::{with_reason, writer_labels, METRICS};
 use loki::{LokiClient, Outcome};
@@ -42,75 +45,102 @@ pub struct Progress {
     pub pending_since: AtomicU64,
 }
 
-pub struct Writer {
+/// A batch ready to send: its chunks (for the positions and the stdout sink) and, for Loki, the
+/// compressed `PushRequest`.
+struct Sealed {
+    chunks: Vec<Chunk>,
+    body: Vec<u8>,
+    entries: u64,
+}
+
+/// Starts the batcher and the sender; they end when every source has hung up (or the stop
+/// deadline passes), the sender after committing positions.
+pub fn start(
     rx: RingRx,
     output: Output,
     positions: Positions,
     cfg: config::Loki,
+    progress: Arc<Progress>,
+    stop: Arc<Stop>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let (host, tenant) = match &output {
+        Output::Loki(c) => (c.host.clone(), c.tenant().to_string()),
+        Output::Stdout => ("stdout".to_string(), String::new()),
+    };
+    METRICS.init_writer(&host, &tenant);
+    progress
+        .last_ack
+        .store(crate::positions::store::unix_now(), Ordering::Relaxed);
+    let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(1);
+    let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(3);
+    let batcher = Batcher {
+        compress: matches!(output, Output::Loki(_)),
+        recycler: rx.recycler(),
+        rx,
+        sealed: sealed_tx,
+        bodies: bodies_rx,
+        max_bytes: cfg.batch.max_bytes.0 as usize,
+        max_wait: cfg.batch.max_wait.0,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        batch_started: Instant::now(),
+        encoder: encode::Encoder::default(),
+        encoded: Vec::new(),
+        snappy: snap::raw::Encoder::new(),
+    };
+    let sender = SenderLoop {
+        sealed: sealed_rx,
+        bodies: bodies_tx,
+        recycler: batcher.recycler.clone(),
+        output,
+        positions,
+        retry: cfg.retry,
+        progress,
+        metric_labels: writer_labels(&host, &tenant),
+    };
+    let s1 = stop.clone();
+    let b = std::thread::Builder::new()
+        .name("batcher".into())
+        .spawn(move || batcher.run(&s1))?;
+    let s = std::thread::Builder::new()
+        .name("sender".into())
+        .spawn(move || sender.run(&stop))?;
+    Ok(vec![b, s])
+}
+
+struct Batcher {
+    rx: RingRx,
+    recycler: Recycler,
+    sealed: Sender<Sealed>,
+    bodies: Receiver<Vec<u8>>,
+    compress: bool,
+    max_bytes: usize,
+    max_wait: Duration,
     batch: Vec<Chunk>,
     batch_bytes: usize,
     batch_started: Instant,
     encoder: encode::Encoder,
     encoded: Vec<u8>,
-    compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
-    progress: Arc<Progress>,
-    metric_labels: Vec<(&'static str, String)>,
 }
 
-impl Writer {
-    pub fn new(
-        rx: RingRx,
-        output: Output,
-        positions: Positions,
-        cfg: config::Loki,
-        progress: Arc<Progress>,
-    ) -> Writer {
-        let (host, tenant) = match &output {
-            Output::Loki(c) => (c.host.clone(), c.tenant().to_string()),
-            Output::Stdout => ("stdout".to_string(), String::new()),
-        };
-        METRICS.init_writer(&host, &tenant);
-        progress
-            .last_ack
-            .store(crate::positions::store::unix_now(), Ordering::Relaxed);
-        Writer {
-            rx,
-            output,
-            positions,
-            cfg,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            batch_started: Instant::now(),
-            encoder: encode::Encoder::default(),
-            encoded: Vec::new(),
-            compressed: Vec::new(),
-            snappy: snap::raw::Encoder::new(),
-            progress,
-            metric_labels: writer_labels(&host, &tenant),
-        }
-    }
-
-    /// Runs until every source has hung up (or the stop deadline passes), then commits positions.
-    pub fn run(mut self, stop: &Stop) {
-        let max_bytes = self.cfg.batch.max_bytes.0 as usize;
-        let max_wait = self.cfg.batch.max_wait.0;
+impl Batcher {
+    fn run(mut self, stop: &Stop) {
         loop {
             let wait = if self.batch.is_empty() {
                 Duration::from_millis(100)
             } else {
-                max_wait
+                self.max_wait
                     .saturating_sub(self.batch_started.elapsed())
-                    .max(Duration::from_millis(1))
-                    .min(Duration::from_millis(20))
+                    .clamp(Duration::from_millis(1), Duration::from_millis(20))
             };
             match self.rx.recv_timeout(wait) {
                 Ok(chunk) => {
                     METRICS
                         .process_duration
                         .observe(chunk.read_at.elapsed().as_secs_f64());
-                    if !self.batch.is_empty() && self.batch_bytes + chunk.size() > max_bytes {
-                        self.flush(stop);
+                    if !self.batch.is_empty() && self.batch_bytes + chunk.size() > self.max_bytes {
+                        self.seal(stop);
                     }
                     if self.batch.is_empty() {
                         self.batch_started = Instant::now();
@@ -122,91 +152,139 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if !self.batch.is_empty()
-                && (self.batch_started.elapsed() >= max_wait || self.rx.sources_idle())
+                && (self.batch_started.elapsed() >= self.max_wait || self.rx.sources_idle())
             {
-                self.flush(stop);
+                self.seal(stop);
+            }
+            if stop.past_deadline() {
+                return;
+            }
+        }
+        self.seal(stop);
+    }
+
+    /// Encodes and compresses the batch, and hands it to the sender (blocking while the sender
+    /// still holds the previous one).
+    fn seal(&mut self, stop: &Stop) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let chunks = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let entries: u64 = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        let mut body = self.bodies.try_recv().unwrap_or_default();
+        body.clear();
+        if self.compress && entries > 0 {
+            self.encoder.encode(&chunks, &mut self.encoded);
+            body.resize(snap::raw::max_compress_len(self.encoded.len()), 0);
+            match self.snappy.compress(&self.encoded, &mut body) {
+                Ok(n) => body.truncate(n),
+                Err(e) => {
+                    // Cannot happen for in-memory input of this size; do not lose the batch
+                    // silently if it does.
+                    log::error!("snappy compression failed: {e}; the batch is sent uncompressed and Loki will reject it");
+                    body.clear();
+                    body.extend_from_slice(&self.encoded);
+                }
+            }
+        }
+        let mut sealed = Sealed {
+            chunks,
+            body,
+            entries,
+        };
+        loop {
+            match self.sealed.send_timeout(sealed, Duration::from_millis(50)) {
+                Ok(()) => return,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(s)) => {
+                    if stop.past_deadline() {
+                        self.drop_unsent(s);
+                        return;
+                    }
+                    sealed = s;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(s)) => {
+                    self.drop_unsent(s);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stopping with a batch unsent: its positions stay where they were, and its lines are read
+    /// again after the restart.
+    fn drop_unsent(&self, s: Sealed) {
+        for c in s.chunks {
+            self.recycler.recycle(c);
+        }
+    }
+}
+
+struct SenderLoop {
+    sealed: Receiver<Sealed>,
+    bodies: Sender<Vec<u8>>,
+    recycler: Recycler,
+    output: Output,
+    positions: Positions,
+    retry: config::Retry,
+    progress: Arc<Progress>,
+    metric_labels: Vec<(&'static str, String)>,
+}
+
+impl SenderLoop {
+    fn run(mut self, stop: &Stop) {
+        loop {
+            match self.sealed.recv_timeout(Duration::from_millis(100)) {
+                Ok(batch) => self.deliver(batch, stop),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             self.positions.maybe_save();
             if stop.past_deadline() {
                 break;
             }
         }
-        if !stop.past_deadline() {
-            self.flush(stop);
-        }
         self.positions.save();
     }
 
-    /// Sends the batch until it is stored or dropped on purpose, then commits its positions.
-    /// Returns without committing if the stop deadline passes first.
-    fn flush(&mut self, stop: &Stop) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let entries: u64 = self.batch.iter().map(|c| c.entries.len() as u64).sum();
-        let delivered = if entries == 0 {
+    /// Sends one batch until it is stored or dropped on purpose, then commits its positions.
+    /// Gives up without committing if the stop deadline passes first.
+    fn deliver(&mut self, batch: Sealed, stop: &Stop) {
+        let delivered = if batch.entries == 0 {
             true
         } else {
             self.progress
                 .pending_since
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
             let ok = match &self.output {
-                Output::Stdout => self.write_stdout(stop),
-                Output::Loki(_) => self.send_loki(entries, stop),
+                Output::Stdout => write_stdout(&batch.chunks, stop),
+                Output::Loki(_) => self.send_loki(&batch.body, batch.entries, stop),
             };
             self.progress.pending_since.store(0, Ordering::Relaxed);
             ok
         };
-        if delivered {
-            for chunk in self.batch.drain(..) {
+        for chunk in batch.chunks {
+            if delivered {
                 if let Some(a) = &chunk.advance {
                     self.positions.apply(a);
                 }
-                self.rx.recycle(chunk);
             }
+            self.recycler.recycle(chunk);
+        }
+        if delivered {
             self.progress
                 .last_ack
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
-        } else {
-            // Stopping with the batch unsent: its positions stay where they were, and these
-            // lines are read again after the restart.
-            self.batch.clear();
         }
-        self.batch_bytes = 0;
+        let _ = self.bodies.try_send(batch.body);
     }
 
-    fn write_stdout(&mut self, stop: &Stop) -> bool {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
-        match stdout::write_chunks(&self.batch, &mut out) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("cannot write to stdout: {e}; stopping (positions of unwritten lines are not committed)");
-                stop.begin(Duration::ZERO);
-                false
-            }
-        }
-    }
-
-    fn send_loki(&mut self, entries: u64, stop: &Stop) -> bool {
+    fn send_loki(&mut self, body: &[u8], entries: u64, stop: &Stop) -> bool {
         let Output::Loki(client) = &self.output else {
             return false;
         };
-        self.encoder.encode(&self.batch, &mut self.encoded);
-        self.compressed
-            .resize(snap::raw::max_compress_len(self.encoded.len()), 0);
-        let n = match self.snappy.compress(&self.encoded, &mut self.compressed) {
-            Ok(n) => n,
-            Err(e) => {
-                log::error!(
-                    "snappy compression failed: {e}; dropping a batch of {entries} entries"
-                );
-                self.count_drop("ingester_error", entries, self.encoded.len() as u64);
-                return true;
-            }
-        };
-        let body = &self.compressed[..n];
-        let mut backoff = Backoff::new(self.cfg.retry.min_backoff.0, self.cfg.retry.max_backoff.0);
+        let n = body.len() as u64;
+        let mut backoff = Backoff::new(self.retry.min_backoff.0, self.retry.max_backoff.0);
         loop {
             let limit = stop.remaining().map(|r| r.max(Duration::from_millis(100)));
             match client.push(body, limit) {
@@ -214,7 +292,7 @@ impl Writer {
                     METRICS
                         .sent_bytes
                         .get_or_create(&self.metric_labels)
-                        .inc_by(n as u64);
+                        .inc_by(n);
                     METRICS
                         .sent_entries
                         .get_or_create(&self.metric_labels)
@@ -226,11 +304,11 @@ impl Writer {
                         "Loki rejected a batch of {entries} entries with {status}: {reason}; \
                          dropped (counted in loki_write_dropped_entries_total{{reason=\"ingester_error\"}})"
                     );
-                    self.count_drop("ingester_error", entries, n as u64);
+                    self.count_drop("ingester_error", entries, n);
                     return true;
                 }
                 Outcome::Retry { status, reason } => {
-                    let max = self.cfg.retry.max_retries;
+                    let max = self.retry.max_retries;
                     if max > 0 && backoff.retries + 1 >= max {
                         let why = if status == 429 {
                             "rate_limited"
@@ -242,7 +320,7 @@ impl Writer {
                              (last: {status} {reason}); dropped, reason {why}. Set \
                              loki.retry.max_retries: 0 to retry until Loki takes it"
                         );
-                        self.count_drop(why, entries, n as u64);
+                        self.count_drop(why, entries, n);
                         return true;
                     }
                     METRICS
@@ -268,5 +346,20 @@ impl Writer {
         let l = with_reason(&self.metric_labels, reason);
         METRICS.dropped_entries.get_or_create(&l).inc_by(entries);
         METRICS.dropped_bytes.get_or_create(&l).inc_by(bytes);
+    }
+}
+
+fn write_stdout(chunks: &[Chunk], stop: &Stop) -> bool {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
+    match stdout::write_chunks(chunks, &mut out) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!(
+                "cannot write to stdout: {e}; stopping (positions of unwritten lines are not committed)"
+            );
+            stop.begin(Duration::ZERO);
+            false
+        }
     }
 }

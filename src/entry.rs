@@ -192,13 +192,6 @@ impl Chunk {
         }
     }
 
-    /// A chunk whose buffer holds `bytes` without growing.
-    pub fn with_capacity(labels: Arc<LabelSet>, bytes: usize) -> Chunk {
-        let mut c = Chunk::new(labels);
-        c.data.reserve(bytes);
-        c
-    }
-
     /// Empties the chunk for reuse, keeping its allocations.
     pub fn reset(&mut self, labels: Arc<LabelSet>) {
         self.labels = labels;

@@ -17,9 +17,6 @@ use crate::entry::{Chunk, LabelSet};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::METRICS;
 
-/// Bytes a new chunk reserves: one read of a file turns into about this much.
-const CHUNK_BYTES: usize = 128 << 10;
-
 /// The tailers' end. Cloned once per source thread.
 pub struct RingTx {
     tx: Sender<Chunk>,
@@ -85,7 +82,7 @@ impl RingTx {
                 c.reset(labels);
                 c
             }
-            None => Chunk::with_capacity(labels, CHUNK_BYTES),
+            None => Chunk::new(labels),
         }
     }
 

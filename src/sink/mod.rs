@@ -46,10 +46,12 @@ pub struct Progress {
 }
 
 /// A batch ready to send: its chunks (for the positions and the stdout sink) and, for Loki, the
-/// compressed `PushRequest`.
+/// compressed `PushRequest` in `body[..len]` (the buffer is reused and kept at its largest size,
+/// so it is not zero-filled again for every batch).
 struct Sealed {
     chunks: Vec<Chunk>,
     body: Vec<u8>,
+    len: usize,
     entries: u64,
 }
 
@@ -173,24 +175,29 @@ impl Batcher {
         self.batch_bytes = 0;
         let entries: u64 = chunks.iter().map(|c| c.entries.len() as u64).sum();
         let mut body = self.bodies.try_recv().unwrap_or_default();
-        body.clear();
+        let mut len = 0;
         if self.compress && entries > 0 {
             self.encoder.encode(&chunks, &mut self.encoded);
-            body.resize(snap::raw::max_compress_len(self.encoded.len()), 0);
-            match self.snappy.compress(&self.encoded, &mut body) {
-                Ok(n) => body.truncate(n),
+            let need = snap::raw::max_compress_len(self.encoded.len());
+            if body.len() < need {
+                body.resize(need, 0);
+            }
+            len = match self.snappy.compress(&self.encoded, &mut body) {
+                Ok(n) => n,
                 Err(e) => {
                     // Cannot happen for in-memory input of this size; do not lose the batch
                     // silently if it does.
                     log::error!("snappy compression failed: {e}; the batch is sent uncompressed and Loki will reject it");
                     body.clear();
                     body.extend_from_slice(&self.encoded);
+                    body.len()
                 }
-            }
+            };
         }
         let mut sealed = Sealed {
             chunks,
             body,
+            len,
             entries,
         };
         loop {
@@ -258,7 +265,7 @@ impl SenderLoop {
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
             let ok = match &self.output {
                 Output::Stdout => write_stdout(&batch.chunks, stop),
-                Output::Loki(_) => self.send_loki(&batch.body, batch.entries, stop),
+                Output::Loki(_) => self.send_loki(&batch.body[..batch.len], batch.entries, stop),
             };
             self.progress.pending_since.store(0, Ordering::Relaxed);
             ok

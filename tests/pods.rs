@@ -50,12 +50,25 @@ impl World {
         c
     }
 
-    /// Starts ringtail (each run in its own folder for its stdout/stderr) and waits for /ready.
+    /// The config with `keys` (YAML lines, indented as under `loki:`) added to the `loki` block.
+    fn config_with_loki(&self, keys: &str) -> String {
+        self.config("")
+            .replacen("loki:\n", &format!("loki:\n  {keys}"), 1)
+    }
+
+    /// Starts ringtail with `extra` top-level config (each run in its own folder for its
+    /// stdout/stderr) and waits for /ready.
     fn start(&mut self, extra: &str) -> Ringtail {
+        let cfg = self.config(extra);
+        self.start_config(&cfg)
+    }
+
+    /// Starts ringtail with a whole config text and waits for /ready.
+    fn start_config(&mut self, cfg: &str) -> Ringtail {
         self.runs += 1;
         let run_dir = self.dir.path().join(format!("run{}", self.runs));
         std::fs::create_dir_all(&run_dir).expect("run dir");
-        let mut rt = Ringtail::start(&self.config(extra), &run_dir);
+        let mut rt = Ringtail::start(cfg, &run_dir);
         assert!(
             rt.wait_ready(self.port, Duration::from_secs(10)),
             "not ready\n{}",
@@ -776,7 +789,7 @@ fn sigterm_exits_zero_quickly_even_while_loki_is_down() {
 
 #[test]
 fn stdout_sink_writes_the_contract_json() {
-    let w = World::new();
+    let mut w = World::new();
     let pod = w.pod("ns", "p", "u");
     let mut log = pod.container("c");
     let ts = log.write_line(Stream::Stderr, r#"{"level":"ERROR","msg":"boom"}"#);
@@ -784,9 +797,7 @@ fn stdout_sink_writes_the_contract_json() {
         .config("")
         .replace(&format!("url: \"{}\"", w.rx.url()), "url: \"\"");
     assert!(cfg.contains("url: \"\""), "{cfg}");
-    let run_dir = w.dir.path().join("stdout-run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let mut rt = Ringtail::start(&cfg, &run_dir);
+    let mut rt = w.start_config(&cfg);
     assert!(
         wait_until(WAIT, || rt.stdout_text().lines().count() >= 1),
         "{}",
@@ -1020,22 +1031,17 @@ fn open_files_are_capped_and_reopened_by_identity() {
 
 #[test]
 fn tenant_and_auth_headers_come_from_config_and_files() {
-    let w = World::new();
+    let mut w = World::new();
     w.pod("ns", "p", "u")
         .container("c")
         .write_line(Stream::Stdout, "one");
     let token = w.dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
-    let extra = format!(
+    let cfg = w.config_with_loki(&format!(
         "tenant_id: team-a\n  bearer_token_file: {}\n",
         token.display()
-    );
-    let cfg = w
-        .config("")
-        .replacen("loki:\n", &format!("loki:\n  {extra}"), 1);
-    let run_dir = w.dir.path().join("auth-run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let mut rt = Ringtail::start(&cfg, &run_dir);
+    ));
+    let mut rt = w.start_config(&cfg);
     wait_entries(&w.rx, 1, &rt);
     let h = w.rx.headers_of_request(0);
     assert_eq!(h.get("x-scope-orgid").map(String::as_str), Some("team-a"));
@@ -1050,22 +1056,17 @@ fn tenant_and_auth_headers_come_from_config_and_files() {
     assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
 
     // Basic auth, the password read from its file.
-    let w2 = World::new();
+    let mut w2 = World::new();
     w2.pod("ns", "p", "u")
         .container("c")
         .write_line(Stream::Stdout, "two");
     let pw = w2.dir.path().join("pw");
     std::fs::write(&pw, "hunter2").unwrap();
-    let extra = format!(
+    let cfg = w2.config_with_loki(&format!(
         "basic_auth: {{ username: ringtail, password_file: {} }}\n",
         pw.display()
-    );
-    let cfg = w2
-        .config("")
-        .replacen("loki:\n", &format!("loki:\n  {extra}"), 1);
-    let run_dir = w2.dir.path().join("basic-run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let mut rt = Ringtail::start(&cfg, &run_dir);
+    ));
+    let mut rt = w2.start_config(&cfg);
     wait_entries(&w2.rx, 1, &rt);
     // base64("ringtail:hunter2")
     assert_eq!(
@@ -1075,11 +1076,10 @@ fn tenant_and_auth_headers_come_from_config_and_files() {
             .map(String::as_str),
         Some("Basic cmluZ3RhaWw6aHVudGVyMg==")
     );
+    let cfg_file = w2.dir.path().join("basic.yaml");
+    std::fs::write(&cfg_file, &cfg).unwrap();
     let out = run_cli(
-        &[
-            "check-config",
-            run_dir.join("ringtail.yaml").to_str().unwrap(),
-        ],
+        &["check-config", cfg_file.to_str().unwrap()],
         Duration::from_secs(10),
     );
     assert!(
@@ -1092,14 +1092,11 @@ fn tenant_and_auth_headers_come_from_config_and_files() {
 
 #[test]
 fn a_quiet_node_flushes_at_once_instead_of_waiting_for_max_wait() {
-    let w = World::new();
+    let mut w = World::new();
     let mut log = w.pod("ns", "p", "u").container("c");
     let cfg = w.config("").replace("max_wait: 200ms", "max_wait: 30s");
     assert!(cfg.contains("max_wait: 30s"));
-    let run_dir = w.dir.path().join("idle-run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let mut rt = Ringtail::start(&cfg, &run_dir);
-    assert!(rt.wait_ready(w.port, Duration::from_secs(10)));
+    let mut rt = w.start_config(&cfg);
     for i in 0..5 {
         let t = Instant::now();
         log.write_line(Stream::Stdout, format!("quiet {i}"));

@@ -54,6 +54,8 @@ impl IoKind {
 pub struct BatchIo {
     ring: Option<IoUring>,
     depth: usize,
+    /// Submission entries, reused across batches.
+    sqes: Vec<io_uring::squeue::Entry>,
 }
 
 const DEPTH: u32 = 256;
@@ -79,6 +81,7 @@ impl BatchIo {
         let io = BatchIo {
             ring,
             depth: DEPTH as usize,
+            sqes: Vec::with_capacity(DEPTH as usize),
         };
         log::info!("{who}: reading files with {}", io.kind().as_str());
         METRICS
@@ -107,21 +110,18 @@ impl BatchIo {
         };
         out.resize_with(reqs.len(), || Ok(0));
         for (base, group) in reqs.chunks_mut(self.depth).enumerate() {
-            let entries: Vec<_> = group
-                .iter_mut()
-                .enumerate()
-                .map(|(i, r)| {
-                    let len = r.buf.len().min(u32::MAX as usize) as u32;
-                    opcode::Read::new(types::Fd(r.fd), r.buf.as_mut_ptr(), len)
-                        .offset(r.offset)
-                        .build()
-                        .user_data((base * DEPTH as usize + i) as u64)
-                })
-                .collect();
+            self.sqes.clear();
+            self.sqes.extend(group.iter_mut().enumerate().map(|(i, r)| {
+                let len = r.buf.len().min(u32::MAX as usize) as u32;
+                opcode::Read::new(types::Fd(r.fd), r.buf.as_mut_ptr(), len)
+                    .offset(r.offset)
+                    .build()
+                    .user_data((base * DEPTH as usize + i) as u64)
+            }));
             // SAFETY: every buffer is borrowed mutably from `reqs` for this whole call, and
             // `submit_all` does not return before every submitted entry has completed, so the
             // kernel never writes into memory that was freed or lent elsewhere.
-            unsafe { submit_all(ring, &entries, out) };
+            unsafe { submit_all(ring, &self.sqes, out) };
         }
     }
 

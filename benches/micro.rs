@@ -134,7 +134,7 @@ fn new_tail(i: usize) -> Tail {
         gen::labels(i),
         Fingerprint::default(),
         0,
-        0,
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
     )
 }
 

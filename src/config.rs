@@ -397,8 +397,32 @@ impl Config {
         if self.loki.batch.max_wait.0.is_zero() {
             return fail("loki.batch.max_wait", "must be more than 0, e.g. 1s".into());
         }
-        if self.loki.timeout.0.is_zero() {
-            return fail("loki.timeout", "must be more than 0, e.g. 10s".into());
+        if self.loki.timeout.0.is_zero() || self.loki.timeout.0 > Duration::from_secs(3600) {
+            return fail(
+                "loki.timeout",
+                "must be between 1ms and 1h, e.g. 10s".into(),
+            );
+        }
+        if self.loki.retry.max_backoff.0 > Duration::from_secs(24 * 3600) {
+            return fail(
+                "loki.retry.max_backoff",
+                "must be at most 24h, e.g. 5m".into(),
+            );
+        }
+        if self.loki.batch.max_wait.0 > Duration::from_secs(3600) {
+            return fail("loki.batch.max_wait", "must be at most 1h, e.g. 1s".into());
+        }
+        if self.server.stall_timeout.0 > Duration::from_secs(7 * 24 * 3600) {
+            return fail(
+                "server.stall_timeout",
+                "must be at most 7 days, e.g. 10m".into(),
+            );
+        }
+        if self.tail.threads > 64 {
+            return fail(
+                "tail.threads",
+                "must be at most 64 (0: one per core, at most 4)".into(),
+            );
         }
         if self.loki.retry.min_backoff.0.is_zero()
             || self.loki.retry.min_backoff > self.loki.retry.max_backoff
@@ -449,7 +473,10 @@ fn describe_yaml_error(e: &serde_yaml::Error, text: &str, origin: &str) -> Strin
         .and_then(|l| l.trim_start().trim_start_matches("- ").split(':').next())
         .map(str::trim)
         .filter(|k| !k.is_empty() && !k.contains(' '));
-    let msg = match (msg.split_once(": "), written) {
+    let msg = match (
+        msg.split_once(": "),
+        written.filter(|_| !msg.contains("duplicate")),
+    ) {
         (Some((path, rest)), Some(key))
             if !path.contains(' ') && path != key && !path.ends_with(&format!(".{key}")) =>
         {

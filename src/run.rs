@@ -83,7 +83,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if cfg.logs.pods.enabled {
         let meta: Arc<dyn PodMetadata> = Arc::new(NoMetadata);
         let discovery = start_pods(&cfg, &ring_tx, &stop, meta, loaded, &mut threads)?;
-        positions.retain(discovery.known_keys());
+        if discovery.started() {
+            // Positions of files that are not in the tree any more: their files are gone.
+            positions.retain(discovery.known_keys());
+        }
         threads.push(spawn("discovery", None, {
             let stop = stop.clone();
             move || discover_loop(discovery, &stop)
@@ -149,6 +152,7 @@ fn start_pods(
     let io_err = |e: std::io::Error| {
         format!("tail.io: io_uring was forced but is unavailable: {e}; use tail.io: auto")
     };
+    let max_open = open_files_budget(cfg.tail.max_open_files);
     let mut controls = Vec::with_capacity(n);
     for i in 0..n {
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
@@ -160,7 +164,7 @@ fn start_pods(
             Processor::new(cfg.logs.pods.json.line, cfg.loki.max_line_size.0 as usize),
             ctl_rx,
             ring_tx.clone(),
-            (cfg.tail.max_open_files / n).max(1),
+            (max_open / n).max(1),
         );
         let stop = stop.clone();
         let core = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
@@ -182,6 +186,9 @@ fn start_pods(
             cfg.logs.pods.path.display()
         );
     }
+    // Two scans (see discover::START_SCANS), so that a rename racing the first cannot make a
+    // file look new or gone.
+    discovery.scan();
     discovery.scan();
     Ok(discovery)
 }
@@ -209,6 +216,40 @@ fn spawn(
             f()
         })
         .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Raises the soft limit on open files to the hard one, and returns how many of them the
+/// tailers may hold: `tail.max_open_files`, or less when the limit leaves no room for it plus a
+/// reserve for sockets, rings and the positions file. containerd 2.0 no longer raises the
+/// limit, so a container starts with a soft limit of 1,024.
+fn open_files_budget(wanted: usize) -> usize {
+    const RESERVE: u64 = 64;
+    // SAFETY: getrlimit/setrlimit read and write one plain struct.
+    let soft = unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let room = soft.saturating_sub(RESERVE) as usize;
+    if room < wanted {
+        log::warn!(
+            "tail.max_open_files is {wanted} but the open-file limit is {soft}; keeping at most \
+             {room} files open (raise the container's nofile limit to keep more)"
+        );
+        return room.max(16);
+    }
+    wanted
 }
 
 /// The CPUs this process may run on (its cpuset), in order.

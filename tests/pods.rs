@@ -1111,3 +1111,137 @@ fn a_quiet_node_flushes_at_once_instead_of_waiting_for_max_wait() {
     rt.sigterm();
     assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn a_last_line_without_newline_is_shipped() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "p", "u");
+    let mut quiet = pod.container("quiet");
+    let mut gone = pod.container("gone");
+    // containerd writes output that ends without a newline as a P record, with no F after it.
+    let ts_quiet = quiet.write_partial(Stream::Stdout, "last words");
+    let mut rt = w.start("");
+    let ts_gone = gone.write_partial(Stream::Stderr, "exit status 1");
+    assert!(wait_until(WAIT, || w.rx.entry_count() >= 1 || gone.size() == 0));
+    gone.remove_all();
+    wait_entries(&w.rx, 2, &rt);
+    let want = vec![
+        (
+            labels("ns", "p", "quiet"),
+            ts_quiet,
+            "last words".to_string(),
+            meta(&[("stream", "stdout")]),
+        ),
+        (
+            labels("ns", "p", "gone"),
+            ts_gone,
+            "exit status 1".to_string(),
+            meta(&[("stream", "stderr")]),
+        ),
+    ];
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    rt.sigterm();
+    assert!(rt
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_busy_file_is_not_taken_for_truncated() {
+    let mut w = World::new();
+    let mut log = w.pod("ns", "busy", "u").container("c");
+    let mut rt = w.start("");
+    let mut n = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for _ in 0..30 {
+            log.write_line(Stream::Stdout, format!("busy {n}"));
+            n += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_entries(&w.rx, n, &rt);
+    w.rx.wait_quiet(Duration::from_millis(800));
+    assert_eq!(w.rx.entry_count(), n, "no line twice");
+    let m = metrics(w.port);
+    assert_eq!(
+        metric_value(&m, "ringtail_file_events_total{event=\"truncated\"}"),
+        None,
+        "{m}"
+    );
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn an_unterminated_tail_does_not_spin() {
+    let mut w = World::new();
+    let mut log = w.pod("ns", "p", "u").container("c");
+    log.write_line(Stream::Stdout, "complete");
+    log.write_raw(b"2024-11-25T10:00:00Z stdout F torn record with no newline \0\0\0");
+    let mut rt = w.start("");
+    wait_entries(&w.rx, 1, &rt);
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let before = cpu(rt.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu(rt.pid()) - before;
+    assert!(used < 0.5, "{used} CPU-seconds in 2 s of idling");
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn read_from_end_applies_to_a_first_install_only() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "p", "u");
+    let mut old = pod.container("old");
+    old.write_line(Stream::Stdout, "before the first install");
+    let end_cfg = w
+        .config("")
+        .replace("read_from: beginning", "read_from: end");
+    assert!(end_cfg.contains("read_from: end"));
+    let mut rt = w.start_config(&end_cfg);
+    // A line written after the start is read; the one before it is not.
+    std::thread::sleep(Duration::from_millis(700));
+    let ts = old.write_line(Stream::Stdout, "after start");
+    wait_entries(&w.rx, 1, &rt);
+    rt.sigterm();
+    assert!(rt
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    // A container created while ringtail was down: all of it is unread, so all of it is sent.
+    let mut new = pod.container("new");
+    let ts_new = new.write_line(Stream::Stdout, "written while down");
+    let mut rt = w.start_config(&end_cfg);
+    wait_entries(&w.rx, 2, &rt);
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(
+        &w.rx,
+        &[
+            (
+                labels("ns", "p", "old"),
+                ts,
+                "after start".to_string(),
+                meta(&[("stream", "stdout")]),
+            ),
+            (
+                labels("ns", "p", "new"),
+                ts_new,
+                "written while down".to_string(),
+                meta(&[("stream", "stdout")]),
+            ),
+        ],
+    );
+    rt.sigterm();
+    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -215,7 +215,7 @@ pub fn tail(data: &[u8]) {
         labels.clone(),
         Fingerprint::default(),
         0,
-        body.len() as u64,
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(body.len() as u64)),
     );
     let mut proc = Processor::new(mode, max);
     // Offsets where a read without a newline that filled the buffer was cut: the position may

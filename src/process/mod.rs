@@ -137,7 +137,8 @@ impl Processor {
     }
 
     /// Appends a line that is not a CRI record (malformed), raw, with the time it was read.
-    pub fn malformed_line(&mut self, chunk: &mut Chunk, read_ns: i64, raw: &[u8]) {
+    /// `truncated`: only its start is here.
+    pub fn malformed_line(&mut self, chunk: &mut Chunk, read_ns: i64, raw: &[u8], truncated: bool) {
         self.counts.malformed += 1;
         let meta_start = chunk.meta.len() as u32;
         push_entry(
@@ -146,7 +147,7 @@ impl Processor {
             chunk,
             read_ns,
             raw,
-            false,
+            truncated,
             meta_start,
         );
     }
@@ -259,7 +260,7 @@ mod tests {
         );
         p.pod_line(&mut c, 2, Stream::Stdout, &[b'x'; 50], false);
         p.pod_line(&mut c, 3, Stream::Stdout, b"bad \xff utf8", true);
-        p.malformed_line(&mut c, 4, b"garbage");
+        p.malformed_line(&mut c, 4, b"garbage", false);
         assert_eq!(
             entry(&c, 0).2,
             vec![

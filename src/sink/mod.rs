@@ -41,6 +41,8 @@ pub enum Output {
 pub struct Progress {
     /// Unix seconds of the last batch acked (or of start).
     pub last_ack: AtomicU64,
+    /// Unix seconds of the last push attempt that finished, whatever its answer.
+    pub last_attempt: AtomicU64,
     /// Unix seconds since which a batch has been waiting to be sent; 0 when none.
     pub pending_since: AtomicU64,
 }
@@ -294,7 +296,11 @@ impl SenderLoop {
         let mut backoff = Backoff::new(self.retry.min_backoff.0, self.retry.max_backoff.0);
         loop {
             let limit = stop.remaining().map(|r| r.max(Duration::from_millis(100)));
-            match client.push(body, limit) {
+            let outcome = client.push(body, limit);
+            self.progress
+                .last_attempt
+                .store(crate::positions::store::unix_now(), Ordering::Relaxed);
+            match outcome {
                 Outcome::Stored => {
                     METRICS
                         .sent_bytes

@@ -245,6 +245,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn file_event_n(&self, event: &'static str, n: u64) {
+        self.file_events
+            .get_or_create(&vec![("event", event.to_string())])
+            .inc_by(n);
+    }
+
     pub fn lost(&self, reason: &'static str, bytes: u64) {
         self.bytes_lost
             .get_or_create(&vec![("reason", reason.to_string())])

@@ -1,14 +1,16 @@
 //! `/metrics`, `/ready` and `/healthy` on `server.listen`.
 //!
-//! A deliberately small HTTP/1.1 responder on one thread: it reads at most 8 KiB of request
-//! head with a 2 s timeout, answers GET on those three paths only, and closes the connection.
-//! It never serves files. Prometheus and the kubelet's probes need nothing more.
+//! A deliberately small HTTP/1.1 responder: each connection gets a short-lived thread (at most
+//! [`MAX_CONNECTIONS`] at once), which reads at most 8 KiB of request head within 2 s in all,
+//! answers GET on those three paths only, and closes the connection. It never serves files.
+//! Prometheus and the kubelet's probes need nothing more, and a slow client cannot hold up the
+//! probes.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::positions::store::unix_now;
 use crate::sink::Progress;
@@ -24,33 +26,71 @@ pub struct Health {
 }
 
 impl Health {
+    /// False only when a batch is waiting and the sender has finished no attempt for
+    /// `stall_secs`: a wedged writer. Retrying against a down Loki is progress, so a Loki outage
+    /// does not make every node's ringtail fail its liveness probe.
     fn healthy(&self) -> bool {
         let pending = self.progress.pending_since.load(Ordering::Relaxed);
-        let last = self.progress.last_ack.load(Ordering::Relaxed);
+        let last = self.progress.last_attempt.load(Ordering::Relaxed);
         let now = unix_now();
         !(pending != 0 && now.saturating_sub(pending.max(last)) > self.stall_secs)
     }
 }
 
+/// Connections served at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 16;
+/// Time a client has to send its request head.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Binds `listen` and serves on a background thread.
 pub fn start(listen: &str, health: Arc<Health>) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen)?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let _ = serve(conn, &health);
+            for conn in listener.incoming() {
+                let mut conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, typically: do not spin.
+                        log::warn!("metrics server: cannot accept a connection: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = respond(&mut conn, 503, "text/plain", "busy\n");
+                    continue;
+                }
+                let (health, done) = (health.clone(), active.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("http-conn".into())
+                        .spawn(move || {
+                            let _ = serve(conn, &health);
+                            done.fetch_sub(1, Ordering::AcqRel);
+                        });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })?;
     Ok(())
 }
 
 fn serve(mut conn: TcpStream, health: &Health) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = Instant::now() + HEAD_DEADLINE;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        conn.set_read_timeout(Some(left))?;
         let n = conn.read(&mut buf)?;
         if n == 0 {
             break;

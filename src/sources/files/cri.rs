@@ -119,6 +119,22 @@ impl Partials {
             .min()
     }
 
+    /// Hands over every pending line (in order of their start) and forgets them.
+    pub fn take_pending(&mut self, mut f: impl FnMut(Stream, i64, &[u8], bool)) {
+        let mut order: Vec<usize> = (0..2).filter(|&i| self.pending[i].active).collect();
+        order.sort_by_key(|&i| self.pending[i].start);
+        for i in order {
+            let p = &mut self.pending[i];
+            p.active = false;
+            let stream = if i == Stream::Stdout.index() {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            f(stream, p.ts_ns, &p.buf, p.truncated);
+        }
+    }
+
     /// Forgets pending lines (the file was truncated), and gives back buffers grown by a long
     /// line so an idle file does not hold them.
     pub fn clear(&mut self) {

@@ -9,10 +9,11 @@
 //!
 //! Where a file starts is one decision table, [`decide_start`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -80,12 +81,13 @@ pub struct Found {
     pub rotated: bool,
 }
 
-/// Lists candidate files under `root`. Unreadable directories are skipped (and logged once by
-/// the caller's counters); they are retried on the next scan.
-pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found>) {
+/// Lists candidate files under `root`; false when `root` itself cannot be listed (then nothing
+/// can be concluded about what is gone). Unreadable pod or container directories are skipped and
+/// retried on the next scan.
+pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found>) -> bool {
     out.clear();
     let Ok(pods) = std::fs::read_dir(root) else {
-        return;
+        return false;
     };
     for pod_dir in pods.flatten() {
         let name = pod_dir.file_name();
@@ -120,6 +122,7 @@ pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found
             }
         }
     }
+    true
 }
 
 /// Where a file starts, or whether it is read at all.
@@ -161,7 +164,12 @@ pub fn decide_start(f: FirstSight, read_from: ReadFrom) -> Start {
         // An inode we knew now holds other content: a new file.
         (None, true, _, _) if f.reused_inode => Start::At(0),
         (None, true, false, ReadFrom::Beginning) => Start::At(0),
-        (None, true, false, ReadFrom::End) => Start::At(f.size),
+        // `end` is for a first install; after that, a file without a position was created
+        // while ringtail was down, and all of it is unread.
+        (None, true, false, ReadFrom::End) => match f.saved_at {
+            None => Start::At(f.size),
+            Some(_) => Start::At(0),
+        },
         // Rotated while ringtail was down: written after the last positions write (with a
         // margin for a file created just before it and not yet registered), so unread.
         (None, true, true, _) => match f.saved_at {
@@ -175,13 +183,15 @@ pub fn decide_start(f: FirstSight, read_from: ReadFrom) -> Start {
 pub enum Control {
     Add(Box<Tail>),
     Moved { key: FileKey, path: Arc<Path> },
-    Size { key: FileKey, size: u64 },
     Gone { key: FileKey },
 }
 
 struct Known {
     path: Arc<Path>,
-    size: u64,
+    /// Shared with the tailer: the size at the last scan.
+    size: Arc<AtomicU64>,
+    /// Of the first bytes at first sight: a rename must keep them, or the inode was reused.
+    fingerprint: Fingerprint,
     /// Consecutive scans that did not find it. A rename that lands between `readdir` and
     /// `stat` makes a file invisible for one scan; only [`GONE_AFTER`] misses mean it is gone.
     missed: u8,
@@ -191,6 +201,10 @@ struct Known {
 
 /// Scans a file must be missing from before it is declared gone.
 const GONE_AFTER: u8 = 2;
+/// Scans of the log tree that count as "at start": two, so that a file hidden from the first
+/// by a rename between `readdir` and `stat` is not taken for a new one (or its position for a
+/// gone file's).
+const START_SCANS: u8 = 2;
 
 /// The discovery loop's state.
 pub struct Discovery {
@@ -203,7 +217,10 @@ pub struct Discovery {
     known: HashMap<FileKey, Known>,
     tailers: Vec<Sender<Control>>,
     io: BatchIo,
-    scans: u64,
+    /// Successful start scans still to do (see [`START_SCANS`]).
+    start_scans: u8,
+    /// Files that could not be opened, warned about once; retried on every scan.
+    unreadable: HashSet<FileKey>,
     found: Vec<Found>,
     cpaths: Vec<CString>,
     stats: Vec<std::io::Result<Stat>>,
@@ -231,23 +248,31 @@ impl Discovery {
             known: HashMap::new(),
             tailers,
             io,
-            scans: 0,
+            start_scans: START_SCANS,
+            unreadable: HashSet::new(),
             found: Vec::new(),
             cpaths: Vec::new(),
             stats: Vec::new(),
         }
     }
 
-    /// Identities seen so far: after the first scan, positions of anything else can be dropped.
+    /// Identities seen so far: once the start scans are done, positions of anything else
+    /// belong to files that are gone.
     pub fn known_keys(&self) -> impl Fn(&FileKey) -> bool + '_ {
         |k| self.known.contains_key(k)
     }
 
+    /// True once the start scans have listed the tree.
+    pub fn started(&self) -> bool {
+        self.start_scans == 0
+    }
+
     /// One pass over the tree.
     pub fn scan(&mut self) {
-        let at_start = self.scans == 0;
-        self.scans += 1;
-        list(&self.root, &self.node, &*self.meta, &mut self.found);
+        let at_start = self.start_scans > 0;
+        if !list(&self.root, &self.node, &*self.meta, &mut self.found) {
+            return;
+        }
         self.cpaths.clear();
         self.cpaths.extend(
             self.found
@@ -277,46 +302,40 @@ impl Discovery {
             let Ok(st) = &self.stats[i] else { continue };
             let (size, mtime) = (st.size, st.mtime);
             let found = &self.found[i];
-            match self.known.get_mut(&key) {
-                Some(k) => {
+            let renamed_in_place = match self.known.get(&key) {
+                Some(k) if *k.path == *found.path => {
+                    k.size.store(size, Ordering::Relaxed);
+                    None
+                }
+                Some(k) => Some(same_file(&k.path, &found.path, k.fingerprint)),
+                None => None,
+            };
+            match (self.known.get_mut(&key), renamed_in_place) {
+                (Some(k), None) => k.missed = 0,
+                (Some(k), Some(true)) => {
                     k.missed = 0;
-                    if *k.path != *found.path {
-                        k.path = Arc::from(found.path.as_path());
-                        if let Some(t) = k.tailer {
-                            METRICS.file_event("renamed");
-                            let _ = self.tailers[t].send(Control::Moved {
-                                key,
-                                path: k.path.clone(),
-                            });
-                        }
-                    }
-                    if k.size != size {
-                        k.size = size;
-                        if let Some(t) = k.tailer {
-                            let _ = self.tailers[t].send(Control::Size { key, size });
-                        }
+                    k.size.store(size, Ordering::Relaxed);
+                    k.path = Arc::from(found.path.as_path());
+                    if let Some(t) = k.tailer {
+                        METRICS.file_event("renamed");
+                        let _ = self.tailers[t].send(Control::Moved {
+                            key,
+                            path: k.path.clone(),
+                        });
                     }
                 }
-                None => {
+                // Same identity, other content or another directory: the inode was freed and
+                // reused. The tailer lets the old file go when the new one is added.
+                (Some(_), Some(false)) | (None, _) => {
+                    METRICS.file_event("new");
                     let path: Arc<Path> = Arc::from(found.path.as_path());
-                    let tailer = self.add(
-                        key,
-                        path.clone(),
-                        found.labels.clone(),
-                        found.rotated,
-                        size,
-                        mtime,
-                        at_start,
-                    );
-                    self.known.insert(
-                        key,
-                        Known {
-                            path,
-                            size,
-                            missed: 0,
-                            tailer,
-                        },
-                    );
+                    let (labels, rotated) = (found.labels.clone(), found.rotated);
+                    if let Some(known) = self.add(key, path, labels, rotated, size, mtime, at_start)
+                    {
+                        self.known.insert(key, known);
+                    } else {
+                        self.known.remove(&key);
+                    }
                 }
             }
         }
@@ -339,7 +358,10 @@ impl Discovery {
         }
         METRICS.files_tracked.set(self.known.len() as i64);
         if at_start {
-            self.report_missing_at_start();
+            self.start_scans -= 1;
+            if self.start_scans == 0 {
+                self.report_missing_at_start();
+            }
         }
     }
 
@@ -352,6 +374,8 @@ impl Discovery {
         }
     }
 
+    /// Decides where a file seen for the first time starts and hands it to a tailer. `None`:
+    /// it could not be opened; it is tried again on the next scan.
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
@@ -362,16 +386,22 @@ impl Discovery {
         size: u64,
         mtime: i64,
         at_start: bool,
-    ) -> Option<usize> {
+    ) -> Option<Known> {
         let head = match read_head(&path) {
-            Ok(h) => h,
+            Ok(h) => {
+                self.unreadable.remove(&key);
+                h
+            }
             Err(e) => {
-                METRICS.file_event("unreadable");
-                log::warn!(
-                    "cannot read {}: {e}; skipping it. Give ringtail read access (it runs with \
-                     DAC_READ_SEARCH and the log groups in the DaemonSet)",
-                    path.display()
-                );
+                if self.unreadable.insert(key) {
+                    METRICS.file_event("unreadable");
+                    log::warn!(
+                        "cannot read {}: {e}; retrying on every scan. Give ringtail read access \
+                         (the DaemonSet runs with DAC_READ_SEARCH and the log groups), and check \
+                         the open-file limit",
+                        path.display()
+                    );
+                }
                 return None;
             }
         };
@@ -400,6 +430,8 @@ impl Discovery {
             mtime,
             saved_at: self.saved_at,
         };
+        let size_hint = Arc::new(AtomicU64::new(size));
+        let fingerprint = Fingerprint::of(&head);
         let start = match decide_start(sight, self.read_from) {
             Start::Skip => {
                 METRICS.file_event("skipped");
@@ -407,22 +439,55 @@ impl Discovery {
                     "not reading {}: rotated before ringtail first ran",
                     path.display()
                 );
-                return None;
+                return Some(Known {
+                    path,
+                    size: size_hint,
+                    fingerprint,
+                    missed: 0,
+                    tailer: None,
+                });
             }
             Start::At(off) if off == size && !rotated && stored.is_none() && off > 0 => {
                 align_to_line_start(&path, off)
             }
             Start::At(off) => off,
         };
-        METRICS.file_event("new");
         log::debug!("tailing {} from offset {start}", path.display());
         let t = (hash_key(&key) % self.tailers.len() as u64) as usize;
-        let mut tail = Tail::new(key, path, labels, Fingerprint::of(&head), start, size);
+        let mut tail = Tail::new(
+            key,
+            path.clone(),
+            labels,
+            fingerprint,
+            start,
+            size_hint.clone(),
+        );
         if had_position && stored != Some(start) {
             tail.restart_chain();
         }
         let _ = self.tailers[t].send(Control::Add(Box::new(tail)));
-        Some(t)
+        Some(Known {
+            path,
+            size: size_hint,
+            fingerprint,
+            missed: 0,
+            tailer: Some(t),
+        })
+    }
+}
+
+/// Whether a known file found under a new path is still the file it was: kubelet renames
+/// within the container's directory, and the first bytes stay what they were.
+fn same_file(old: &Path, new: &Path, fp: Fingerprint) -> bool {
+    if old.parent() != new.parent() {
+        return false;
+    }
+    match read_head(new) {
+        Ok(head) => {
+            head.len() >= fp.len as usize && Fingerprint::of(&head[..fp.len as usize]) == fp
+        }
+        // Cannot tell; a rename is by far the likelier.
+        Err(_) => true,
     }
 }
 
@@ -562,7 +627,11 @@ mod tests {
             decide_start(sight(None, true, false), Beginning),
             Start::At(0)
         );
-        assert_eq!(decide_start(sight(None, true, false), End), Start::At(100));
+        // `end` only on a first install (no positions file yet).
+        assert_eq!(decide_start(sight(None, true, false), End), Start::At(0));
+        let mut first_install = sight(None, true, false);
+        first_install.saved_at = None;
+        assert_eq!(decide_start(first_install, End), Start::At(100));
         assert_eq!(
             decide_start(sight(None, true, true), Beginning),
             Start::At(0)

@@ -91,6 +91,21 @@ impl BatchIo {
         Ok(io)
     }
 
+    /// io_uring failed at run time (with nothing in flight): drop the ring, whose queue may
+    /// still hold entries the kernel never saw, and use plain syscalls from now on.
+    fn fall_back(&mut self, e: &io::Error) {
+        log::warn!("io_uring failed ({e}); switching to pread for good");
+        self.ring = None;
+        METRICS
+            .io_mode
+            .get_or_create(&vec![("mode", IoKind::IoUring.as_str().to_string())])
+            .set(0);
+        METRICS
+            .io_mode
+            .get_or_create(&vec![("mode", IoKind::Pread.as_str().to_string())])
+            .set(1);
+    }
+
     pub fn kind(&self) -> IoKind {
         if self.ring.is_some() {
             IoKind::IoUring
@@ -119,9 +134,16 @@ impl BatchIo {
                     .user_data((base * DEPTH as usize + i) as u64)
             }));
             // SAFETY: every buffer is borrowed mutably from `reqs` for this whole call, and
-            // `submit_all` does not return before every submitted entry has completed, so the
-            // kernel never writes into memory that was freed or lent elsewhere.
-            unsafe { submit_all(ring, &self.sqes, out) };
+            // `submit_all` does not return while a submitted entry is outstanding, so the kernel
+            // never writes into memory that was freed or lent elsewhere.
+            if let Err(e) = unsafe { submit_all(ring, &self.sqes, out) } {
+                self.fall_back(&e);
+                out.clear();
+                for r in reqs.iter_mut() {
+                    out.push(pread(r.fd, r.buf, r.offset));
+                }
+                return;
+            }
         }
     }
 
@@ -159,9 +181,13 @@ impl BatchIo {
                     .user_data((gi * DEPTH as usize + i) as u64)
                 })
                 .collect();
-            // SAFETY: the paths and stat buffers outlive this call, and `submit_all` reaps every
-            // completion before returning.
-            unsafe { submit_all(ring, &entries, &mut results) };
+            // SAFETY: the paths and stat buffers outlive this call, and `submit_all` does not
+            // return while a submitted entry is outstanding.
+            if let Err(e) = unsafe { submit_all(ring, &entries, &mut results) } {
+                self.fall_back(&e);
+                out.extend(paths.iter().map(stat_path));
+                return;
+            }
         }
         for (r, b) in results.into_iter().zip(bufs) {
             out.push(r.map(|_| stat_from(&b)));
@@ -175,7 +201,7 @@ fn probe() -> io::Result<IoUring> {
     let nop = opcode::Nop::new().build().user_data(0);
     let mut out = vec![Ok(0)];
     // SAFETY: a NOP touches no memory.
-    unsafe { submit_all(&mut ring, &[nop], &mut out) };
+    unsafe { submit_all(&mut ring, &[nop], &mut out) }?;
     out.pop().unwrap_or(Ok(0))?;
     Ok(ring)
 }
@@ -183,15 +209,18 @@ fn probe() -> io::Result<IoUring> {
 /// Submits `entries` and waits for all of their completions, storing each result at the index
 /// in its `user_data`.
 ///
+/// An error is returned only when nothing is in flight; entries may then still sit in the
+/// submission queue, never seen by the kernel, so the caller must drop the ring (and use pread).
+///
 /// # Safety
-/// Every buffer an entry points to must stay valid until this returns. It returns only once all
-/// submitted entries have completed; if the ring fails in a way that leaves completions
-/// outstanding, it aborts the process rather than return with the kernel still writing.
+/// Every buffer an entry points to must stay valid until this returns. It returns only once no
+/// submitted entry is outstanding; if the ring fails for good while some are, it aborts the
+/// process rather than return with the kernel still writing into the buffers.
 unsafe fn submit_all(
     ring: &mut IoUring,
     entries: &[io_uring::squeue::Entry],
     out: &mut [io::Result<usize>],
-) {
+) -> io::Result<()> {
     let mut pushed = 0;
     let mut done = 0;
     while done < entries.len() {
@@ -209,17 +238,21 @@ unsafe fn submit_all(
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                if done == pushed {
-                    // Nothing in flight: report the error for the rest and stop.
-                    for r in out.iter_mut().skip(done) {
-                        *r = Err(io::Error::new(e.kind(), e.to_string()));
-                    }
-                    return;
+                let queued = ring.submission().len();
+                let in_flight = pushed - queued - done;
+                if in_flight == 0 {
+                    return Err(e);
                 }
-                log::error!(
-                    "io_uring failed with reads in flight: {e}; aborting to stay memory-safe"
-                );
-                std::process::abort();
+                if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) {
+                    // The kernel is short of resources for now; completions will come.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                } else {
+                    log::error!(
+                        "io_uring failed with {in_flight} reads in flight: {e}; aborting to stay \
+                         memory-safe (the pod restarts and resumes from its positions)"
+                    );
+                    std::process::abort();
+                }
             }
         }
         for cqe in ring.completion() {
@@ -233,6 +266,7 @@ unsafe fn submit_all(
             done += 1;
         }
     }
+    Ok(())
 }
 
 fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -31,8 +31,20 @@ pub const BATCH: usize = 32;
 /// a CRI split (containerd splits at 16 KiB).
 pub const READ_SIZE: usize = 128 << 10;
 
-const MIN_IDLE: Duration = Duration::from_millis(25);
 const MAX_IDLE: Duration = Duration::from_millis(200);
+/// A CRI partial line with no `F` after this long is sent as it is: containerd writes output
+/// that ends without a newline as `P`, often a container's last words.
+const PARTIAL_FLUSH: Duration = Duration::from_secs(5);
+/// Read errors in a row after which a file that is gone is given up (and the rest counted lost).
+const MAX_ERRORS: u32 = 10;
+
+/// What one read came to.
+enum Turn {
+    Progress,
+    /// Only bytes of an unterminated line: nothing moved.
+    NoProgress,
+    Stop,
+}
 
 pub struct Tailer {
     name: String,
@@ -48,6 +60,8 @@ pub struct Tailer {
     cursor: usize,
     /// Gone while closed: nothing more can be read; send their `Done` advance.
     to_finish: Vec<FileKey>,
+    /// Replaced by a new file with the same identity (a reused inode): send their `Done`.
+    retired: Vec<Tail>,
     /// Just added: send their start position, so that the positions file knows every file
     /// from the moment it is tracked (a restart then never mistakes it for an old rotation).
     to_register: Vec<FileKey>,
@@ -77,6 +91,7 @@ impl Tailer {
             open: 0,
             cursor: 0,
             to_finish: Vec::new(),
+            retired: Vec::new(),
             to_register: Vec::new(),
             read_bytes: Metrics::source_counter(&METRICS.read_bytes, "pods"),
             read_lines: Metrics::source_counter(&METRICS.read_lines, "pods"),
@@ -96,6 +111,11 @@ impl Tailer {
             }
             for key in std::mem::take(&mut self.to_finish) {
                 if !self.finish(key, stop) {
+                    return;
+                }
+            }
+            for t in std::mem::take(&mut self.retired) {
+                if !self.finish_tail(t, stop) {
                     return;
                 }
             }
@@ -152,29 +172,55 @@ impl Tailer {
                 match result {
                     Ok(0) => {
                         let t = &mut self.files[fi];
+                        t.errors = 0;
                         if t.life == Life::Draining {
                             finished.push(t.key);
-                        } else {
-                            t.idle_rounds = t.idle_rounds.saturating_add(1);
-                            let pause = MIN_IDLE * 2u32.saturating_pow(t.idle_rounds.min(4));
-                            t.next_check = now + pause.min(MAX_IDLE);
+                        } else if !self.check_truncated(fi) {
+                            if !self.flush_quiet_partials(fi, stop) {
+                                return;
+                            }
+                            self.files[fi].idle(now);
                         }
                     }
                     Ok(n) => {
-                        any_data = true;
-                        self.ring.set_busy(true);
-                        if !self.process(fi, slot, n, stop) {
-                            return;
+                        self.files[fi].errors = 0;
+                        match self.process(fi, slot, n, stop) {
+                            Turn::Stop => return,
+                            Turn::Progress => {
+                                any_data = true;
+                                self.ring.set_busy(true);
+                            }
+                            Turn::NoProgress => {
+                                let t = &mut self.files[fi];
+                                if t.life == Life::Draining {
+                                    if !self.drain_rest(fi, slot, n, stop) {
+                                        return;
+                                    }
+                                    finished.push(self.files[fi].key);
+                                } else {
+                                    // An unterminated line at the end: wait for the rest.
+                                    t.idle(now);
+                                }
+                            }
                         }
                     }
                     Err(e) => {
                         let t = &mut self.files[fi];
-                        log::warn!(
-                            "{}: cannot read {}: {e}; will retry",
-                            self.name,
-                            t.path.display()
-                        );
+                        t.errors += 1;
                         METRICS.file_event("read_error");
+                        if t.errors == 1 || t.errors == MAX_ERRORS {
+                            log::warn!(
+                                "{}: cannot read {}: {e}; retrying ({} errors in a row)",
+                                self.name,
+                                t.path.display(),
+                                t.errors
+                            );
+                        }
+                        if t.life == Life::Draining && t.errors >= MAX_ERRORS {
+                            let lost = t.size_seen().saturating_sub(t.read_offset);
+                            METRICS.lost("read_error", lost);
+                            finished.push(t.key);
+                        }
                         t.next_check = now + MAX_IDLE;
                     }
                 }
@@ -192,11 +238,11 @@ impl Tailer {
     }
 
     /// Turns the bytes read for file `fi` (in buffer `slot`) into a chunk and sends it.
-    /// Returns false when ringtail is stopping.
-    fn process(&mut self, fi: usize, slot: usize, n: usize, stop: &Stop) -> bool {
+    fn process(&mut self, fi: usize, slot: usize, n: usize, stop: &Stop) -> Turn {
         let t = &mut self.files[fi];
         let mut chunk = self.ring.chunk(t.labels.clone());
         let before = self.proc.counts;
+        let offset = t.read_offset;
         t.consume(
             &self.bufs[slot][..n],
             n == READ_SIZE,
@@ -204,11 +250,26 @@ impl Tailer {
             &mut chunk,
         );
         self.proc.end_chunk();
+        if t.read_offset == offset {
+            // Only an unterminated line: nothing to send yet.
+            self.ring.recycle(chunk);
+            return Turn::NoProgress;
+        }
         t.last_read = Instant::now();
         t.idle_rounds = 0;
         t.next_check = t.last_read;
+        self.count(before, n);
+        if self.send(chunk, stop) {
+            Turn::Progress
+        } else {
+            Turn::Stop
+        }
+    }
+
+    /// Adds what the processor counted since `before`, and `bytes` read, to the metrics.
+    fn count(&mut self, before: crate::process::LineCounts, bytes: usize) {
         let after = self.proc.counts;
-        self.read_bytes.inc_by(n as u64);
+        self.read_bytes.inc_by(bytes as u64);
         self.read_lines.inc_by(after.lines - before.lines);
         METRICS
             .lines_truncated
@@ -219,7 +280,63 @@ impl Tailer {
         METRICS
             .lines_malformed
             .inc_by(after.malformed - before.malformed);
+    }
+
+    /// A gone file whose last bytes have no newline: they are its last line.
+    fn drain_rest(&mut self, fi: usize, slot: usize, n: usize, stop: &Stop) -> bool {
+        let t = &mut self.files[fi];
+        let mut chunk = self.ring.chunk(t.labels.clone());
+        let before = self.proc.counts;
+        t.consume_rest(&self.bufs[slot][..n], &mut self.proc, &mut chunk);
+        self.proc.end_chunk();
+        self.count(before, n);
         self.send(chunk, stop)
+    }
+
+    /// Sends a partial line that has waited [`PARTIAL_FLUSH`] for its end.
+    fn flush_quiet_partials(&mut self, fi: usize, stop: &Stop) -> bool {
+        let t = &mut self.files[fi];
+        if !t.has_pending() || t.last_read.elapsed() < PARTIAL_FLUSH {
+            return true;
+        }
+        let mut chunk = self.ring.chunk(t.labels.clone());
+        let before = self.proc.counts;
+        let n = t.flush_partials(&mut self.proc, &mut chunk);
+        self.proc.end_chunk();
+        METRICS.file_event_n("partial_flushed", n as u64);
+        self.count(before, 0);
+        self.send(chunk, stop)
+    }
+
+    /// A file at its end whose size, as discovery saw it, is below what was read: truncated
+    /// (copytruncate), or discovery's stat is older than the last read. The open descriptor
+    /// decides. Returns true when it was truncated (and the file starts again at 0).
+    fn check_truncated(&mut self, fi: usize) -> bool {
+        let t = &mut self.files[fi];
+        if t.size_seen() >= t.read_offset {
+            return false;
+        }
+        let size = match &t.file {
+            Some(f) => match f.metadata() {
+                Ok(m) => m.len(),
+                Err(_) => return false,
+            },
+            None => t.size_seen(),
+        };
+        if size >= t.read_offset {
+            return false;
+        }
+        let lost = t.truncated(size);
+        METRICS.file_event("truncated");
+        METRICS.lost("truncated", lost);
+        log::warn!(
+            "{}: {} was truncated to {size} bytes; reading it again from the start ({lost} bytes \
+             written before the truncation could not be read)",
+            self.name,
+            t.path.display()
+        );
+        t.next_check = Instant::now();
+        true
     }
 
     fn send(&mut self, chunk: crate::entry::Chunk, stop: &Stop) -> bool {
@@ -238,9 +355,13 @@ impl Tailer {
     /// A drained file: send its last advance (`Done`, so its position is forgotten once acked)
     /// and close it.
     fn finish(&mut self, key: FileKey, stop: &Stop) -> bool {
-        let Some(mut t) = self.remove(key) else {
-            return true;
-        };
+        match self.remove(key) {
+            Some(t) => self.finish_tail(t, stop),
+            None => true,
+        }
+    }
+
+    fn finish_tail(&mut self, mut t: Tail, stop: &Stop) -> bool {
         METRICS.file_event("finished");
         log::debug!("{}: finished {}", self.name, t.path.display());
         let mut chunk = self.ring.chunk(t.labels.clone());
@@ -266,7 +387,7 @@ impl Tailer {
                 continue;
             }
             if t.file.is_none() {
-                let wants = t.size_hint > t.read_offset || t.life == Life::Draining;
+                let wants = t.size_seen() > t.read_offset || t.life == Life::Draining;
                 if !wants || !self.open_file(fi, picked) {
                     self.files[fi].next_check = now + MAX_IDLE;
                     continue;
@@ -338,7 +459,11 @@ impl Tailer {
         match msg {
             Control::Add(tail) => {
                 if self.index.contains_key(&tail.key) {
-                    return;
+                    // The inode was freed and reused by a new file before the old one was
+                    // finished: let the old one go, and follow the new one.
+                    if let Some(old) = self.remove(tail.key) {
+                        self.retired.push(old);
+                    }
                 }
                 self.index.insert(tail.key, self.files.len());
                 self.to_register.push(tail.key);
@@ -355,31 +480,13 @@ impl Tailer {
                     self.files[i].path = path;
                 }
             }
-            Control::Size { key, size } => {
-                if let Some(&i) = self.index.get(&key) {
-                    let t = &mut self.files[i];
-                    if size < t.read_offset {
-                        let lost = t.truncated(size);
-                        METRICS.file_event("truncated");
-                        METRICS.lost("truncated", lost);
-                        log::warn!(
-                            "{}: {} was truncated to {size} bytes; reading it again from the start \
-                             ({lost} bytes written before the truncation could not be read)",
-                            self.name,
-                            t.path.display()
-                        );
-                    }
-                    t.size_hint = size;
-                    t.next_check = Instant::now();
-                }
-            }
             Control::Gone { key } => {
                 if let Some(&i) = self.index.get(&key) {
                     let t = &mut self.files[i];
                     t.life = Life::Draining;
                     t.next_check = Instant::now();
                     if t.file.is_none() {
-                        let lost = t.size_hint.saturating_sub(t.read_offset);
+                        let lost = t.size_seen().saturating_sub(t.read_offset);
                         if lost > 0 {
                             METRICS.lost("deleted_unread", lost);
                             log::warn!(

@@ -8,12 +8,18 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::entry::{Advance, AdvanceKind, Chunk, FileKey, Fingerprint, LabelSet};
 use crate::process::Processor;
 use crate::sources::files::cri::{self, Partials};
+use crate::telemetry::metrics::METRICS;
+
+/// The first pause of a file at its end; it doubles up to 8× (25 ms up to 200 ms), which bounds
+/// the latency of a quiet file's next line.
+const IDLE_STEP: Duration = Duration::from_millis(25);
 
 /// What happens to a file when its path no longer names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +47,11 @@ pub struct Tail {
     partials: Partials,
     /// Skipping the rest of a line longer than the read buffer.
     discarding: bool,
-    /// Size last reported by discovery.
-    pub size_hint: u64,
+    /// Size at discovery's last scan, shared with it: a value, not a queue of messages, so a
+    /// tailer paused by backpressure never piles up updates.
+    pub size_hint: Arc<AtomicU64>,
+    /// Read errors in a row, for rate-limited logging and giving up on a draining file.
+    pub errors: u32,
     /// When to read next; pushed back while the file is at its end.
     pub next_check: Instant,
     pub idle_rounds: u32,
@@ -56,7 +65,7 @@ impl Tail {
         labels: Arc<LabelSet>,
         fingerprint: Fingerprint,
         start: u64,
-        size_hint: u64,
+        size_hint: Arc<AtomicU64>,
     ) -> Tail {
         let now = Instant::now();
         Tail {
@@ -72,6 +81,7 @@ impl Tail {
             partials: Partials::default(),
             discarding: false,
             size_hint,
+            errors: 0,
             next_check: now,
             idle_rounds: 0,
             last_read: now,
@@ -82,6 +92,67 @@ impl Tail {
     /// other content (a reused inode, or a file truncated while ringtail was down).
     pub fn restart_chain(&mut self) {
         self.restart = true;
+    }
+
+    /// At the end for now: check again after a pause that grows while the file stays quiet.
+    pub fn idle(&mut self, now: Instant) {
+        self.idle_rounds = self.idle_rounds.saturating_add(1);
+        let pause = IDLE_STEP * 2u32.saturating_pow(self.idle_rounds.min(3));
+        self.next_check = now + pause;
+    }
+
+    /// The size discovery saw last.
+    pub fn size_seen(&self) -> u64 {
+        self.size_hint.load(Ordering::Relaxed)
+    }
+
+    /// True when a CRI partial line is waiting for its end.
+    pub fn has_pending(&self) -> bool {
+        self.partials.earliest_start().is_some()
+    }
+
+    /// Sends pending partial lines as they are: the file ended (or went quiet) without their
+    /// final `F`, as containerd leaves output that ends without a newline. Returns how many.
+    pub fn flush_partials(&mut self, proc: &mut Processor, chunk: &mut Chunk) -> usize {
+        let mut n = 0;
+        self.partials
+            .take_pending(|stream, ts_ns, content, truncated| {
+                proc.pod_line(chunk, ts_ns, stream, content, truncated);
+                n += 1;
+            });
+        self.set_advance(chunk, AdvanceKind::Continue);
+        n
+    }
+
+    /// For a file that is gone and will not grow: the bytes after the last newline are its last
+    /// line. Sends it, then any pending partials, and moves to the end.
+    pub fn consume_rest(&mut self, buf: &[u8], proc: &mut Processor, chunk: &mut Chunk) {
+        if !self.discarding && !buf.is_empty() {
+            let read_ns = crate::timefmt::now_ns();
+            self.line(buf, self.read_offset, read_ns, proc, chunk);
+        }
+        self.discarding = false;
+        self.read_offset += buf.len() as u64;
+        self.flush_partials(proc, chunk);
+    }
+
+    fn line(
+        &mut self,
+        line: &[u8],
+        offset: u64,
+        read_ns: i64,
+        proc: &mut Processor,
+        chunk: &mut Chunk,
+    ) {
+        match cri::parse(line) {
+            Some(rec) => {
+                let stream = rec.stream;
+                if let Some(j) = self.partials.feed(rec, offset, proc.max_line()) {
+                    proc.pod_line(chunk, j.ts_ns, stream, j.content, j.truncated);
+                }
+            }
+            None => proc.malformed_line(chunk, read_ns, line, false),
+        }
     }
 
     /// The file shrank below what was read: copytruncate or a rewrite. Start again at 0.
@@ -105,7 +176,6 @@ impl Tail {
             self.fingerprint = Fingerprint::of(buf);
         }
         let read_ns = crate::timefmt::now_ns();
-        let max = proc.max_line();
         let mut pos = 0;
         for nl in memchr::memchr_iter(b'\n', buf) {
             let line = &buf[pos..nl];
@@ -115,21 +185,18 @@ impl Tail {
                 self.discarding = false;
                 continue;
             }
-            match cri::parse(line) {
-                Some(rec) => {
-                    let stream = rec.stream;
-                    if let Some(j) = self.partials.feed(rec, offset, max) {
-                        proc.pod_line(chunk, j.ts_ns, stream, j.content, j.truncated);
-                    }
-                }
-                None => proc.malformed_line(chunk, read_ns, line),
-            }
+            self.line(line, offset, read_ns, proc, chunk);
         }
         if pos == 0 && full && !buf.is_empty() {
-            // A whole buffer without a newline: no CRI record is this long. Send what we have,
-            // marked truncated, and skip to the next newline.
+            // A whole buffer without a newline: a record longer than a read (containerd splits
+            // at 16 KiB unless told otherwise). Send its start, marked truncated, keeping its
+            // timestamp and stream when the header parses, and skip to the next newline.
             if !self.discarding {
-                proc.malformed_line(chunk, read_ns, buf);
+                METRICS.file_event("overlong_record");
+                match cri::parse(buf) {
+                    Some(rec) => proc.pod_line(chunk, rec.ts_ns, rec.stream, rec.content, true),
+                    None => proc.malformed_line(chunk, read_ns, buf, true),
+                }
                 self.discarding = true;
             }
             pos = buf.len();
@@ -185,7 +252,7 @@ mod tests {
             LabelSet::new([("pod", "p".to_string())]),
             Fingerprint::default(),
             0,
-            0,
+            Arc::new(AtomicU64::new(0)),
         )
     }
 
@@ -235,6 +302,55 @@ mod tests {
             &mut c2,
         );
         assert_eq!(lines(&c2), ["ok"]);
+    }
+
+    #[test]
+    fn a_pending_partial_is_flushed_and_the_position_passes_it() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        let data = b"2024-11-25T10:00:00Z stdout P last words\n";
+        t.consume(data, false, &mut p, &mut c);
+        assert!(c.entries.is_empty() && t.has_pending());
+        assert_eq!(c.advance.unwrap().to, 0);
+        let mut c2 = Chunk::new(t.labels.clone());
+        assert_eq!(t.flush_partials(&mut p, &mut c2), 1);
+        assert_eq!(lines(&c2), ["last words"]);
+        assert_eq!(c2.advance.unwrap().to, data.len() as u64);
+    }
+
+    #[test]
+    fn the_rest_of_a_gone_file_is_its_last_line() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume_rest(b"2024-11-25T10:00:00Z stderr F no newline", &mut p, &mut c);
+        assert_eq!(lines(&c), ["no newline"]);
+        assert_eq!(c.advance.unwrap().to, 40);
+    }
+
+    #[test]
+    fn an_overlong_record_keeps_its_header() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        let mut rec = b"2024-11-25T10:00:00Z stderr F ".to_vec();
+        rec.extend_from_slice(&[b'y'; 200]);
+        t.consume(&rec, true, &mut p, &mut c);
+        assert_eq!(c.entries[0].ts_ns, 1_732_528_800_000_000_000);
+        assert_eq!(lines(&c)[0], "y".repeat(200));
+        let meta: Vec<_> = c
+            .meta_of(&c.entries[0])
+            .iter()
+            .map(|(k, v)| (k.as_str(), c.meta_str(v).to_string()))
+            .collect();
+        assert_eq!(
+            meta,
+            [
+                ("stream", "stderr".to_string()),
+                ("truncated", "true".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -130,6 +130,17 @@ fn assert_exactly(rx: &LokiReceiver, want: &[Expected]) {
     }
 }
 
+/// SIGTERM, and the exit 0 the contract promises within the deadline.
+fn stop(rt: &mut Ringtail) {
+    rt.sigterm();
+    let status = rt.wait_exit(Duration::from_secs(12));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        rt.logs()
+    );
+}
+
 fn wait_entries(rx: &LokiReceiver, n: usize, rt: &Ringtail) {
     if !rx.wait_for_entries(n, WAIT) {
         let mut by_tag: BTreeMap<String, usize> = BTreeMap::new();
@@ -199,13 +210,7 @@ fn many_pods_and_containers_arrive_with_exact_labels() {
         Some("application/x-protobuf")
     );
     assert!(!h.contains_key("x-scope-orgid"));
-    rt.sigterm();
-    assert!(
-        rt.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        rt.logs()
-    );
+    stop(&mut rt);
 }
 
 #[test]
@@ -337,8 +342,7 @@ fn partials_levels_trace_ids_limits_and_bad_bytes() {
         Some(1.0),
         "{m}"
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -409,10 +413,7 @@ fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
         metric_value(&m, "ringtail_file_events_total{event=\"finished\"}").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
 }
 
 #[test]
@@ -432,13 +433,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     write(&mut log, 500, "first", &mut want);
     let mut rt = w.start("");
     wait_entries(&w.rx, 500, &rt);
-    rt.sigterm();
-    assert!(
-        rt.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        rt.logs()
-    );
+    stop(&mut rt);
     let positions =
         std::fs::read_to_string(w.data().join("positions.json")).expect("positions written");
     assert!(positions.contains("\"version\":\"1\""), "{positions}");
@@ -466,10 +461,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     );
 
     // Rotated once while down: the renamed file is still on disk and is read to its end.
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
     write(&mut log, 100, "down-d", &mut want);
     log.rotate();
     write(&mut log, 100, "down-e", &mut want);
@@ -478,8 +470,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     w.rx.wait_quiet(Duration::from_millis(800));
     let want_now = want.clone();
     assert_exactly(&w.rx, &want_now);
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -557,8 +548,7 @@ fn kill_9_and_restart_loses_nothing_and_bounds_duplicates() {
         kills.len(),
         want.len()
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -604,8 +594,7 @@ fn loki_500_for_5_seconds_then_204_loses_nothing() {
         "{m}"
     );
     assert!(m.contains("status_code=\"500\""), "{m}");
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -648,14 +637,12 @@ fn a_400_is_a_counted_drop_and_delivery_goes_on() {
         rt.logs()
     );
     // Dropped on purpose means committed: a restart does not send them again.
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
     let before = w.rx.entry_count();
     let mut rt = w.start("");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(w.rx.entry_count(), before, "{}", rt.logs());
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -695,10 +682,7 @@ fn a_corrupt_positions_file_is_set_aside_not_fatal() {
         .collect();
     assert_eq!(aside.len(), 1);
     assert_eq!(std::fs::read(aside[0].path()).unwrap(), vec![0u8; 4096]);
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
     let text = std::fs::read_to_string(w.data().join("positions.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).expect("valid positions after restart");
     assert_eq!(v["files"].as_array().map(Vec::len), Some(1));
@@ -739,8 +723,7 @@ fn run_tree_with_io(io: &str) -> Vec<Expected> {
         Some(1.0),
         "{m}"
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
     let mut g = got(&w.rx);
     g.sort();
     g
@@ -783,8 +766,7 @@ fn sigterm_exits_zero_quickly_even_while_loki_is_down() {
     w.rx.set_default(204);
     let mut rt = w.start("");
     wait_entries(&w.rx, 10, &rt);
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -803,10 +785,7 @@ fn stdout_sink_writes_the_contract_json() {
         "{}",
         rt.logs()
     );
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
     let lines = rt.stdout_json();
     assert_eq!(lines.len(), 1);
     let expected = serde_json::json!({
@@ -857,8 +836,7 @@ fn probes_and_metrics_endpoint() {
     ] {
         assert!(m.contains(&format!("reason=\"{reason}\"")), "{reason}");
     }
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -891,8 +869,7 @@ fn truncation_starts_again_at_zero() {
         Some(1.0),
         "{m}"
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -1023,10 +1000,7 @@ fn open_files_are_capped_and_reopened_by_identity() {
         "{m}"
     );
     assert_eq!(metric_value(&m, "ringtail_files_tracked"), Some(40.0));
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
 }
 
 #[test]
@@ -1052,8 +1026,7 @@ fn tenant_and_auth_headers_come_from_config_and_files() {
     let m = metrics(w.port);
     assert!(m.contains("tenant=\"team-a\""), "{m}");
     assert!(!m.contains("s3cret") && !rt.stderr_text().contains("s3cret"));
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 
     // Basic auth, the password read from its file.
     let mut w2 = World::new();
@@ -1086,8 +1059,7 @@ fn tenant_and_auth_headers_come_from_config_and_files() {
         !out.stdout.contains("hunter2"),
         "check-config prints the file path, never the secret"
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -1108,8 +1080,7 @@ fn a_quiet_node_flushes_at_once_instead_of_waiting_for_max_wait() {
             t.elapsed()
         );
     }
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -1141,10 +1112,7 @@ fn a_last_line_without_newline_is_shipped() {
     ];
     w.rx.wait_quiet(Duration::from_millis(500));
     assert_exactly(&w.rx, &want);
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
 }
 
 #[test]
@@ -1170,8 +1138,7 @@ fn a_busy_file_is_not_taken_for_truncated() {
         None,
         "{m}"
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -1196,8 +1163,7 @@ fn an_unterminated_tail_does_not_spin() {
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu(rt.pid()) - before;
     assert!(used < 0.5, "{used} CPU-seconds in 2 s of idling");
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }
 
 #[test]
@@ -1215,10 +1181,7 @@ fn read_from_end_applies_to_a_first_install_only() {
     std::thread::sleep(Duration::from_millis(700));
     let ts = old.write_line(Stream::Stdout, "after start");
     wait_entries(&w.rx, 1, &rt);
-    rt.sigterm();
-    assert!(rt
-        .wait_exit(Duration::from_secs(10))
-        .is_some_and(|s| s.success()));
+    stop(&mut rt);
     // A container created while ringtail was down: all of it is unread, so all of it is sent.
     let mut new = pod.container("new");
     let ts_new = new.write_line(Stream::Stdout, "written while down");
@@ -1242,6 +1205,5 @@ fn read_from_end_applies_to_a_first_install_only() {
             ),
         ],
     );
-    rt.sigterm();
-    assert!(rt.wait_exit(Duration::from_secs(10)).is_some());
+    stop(&mut rt);
 }

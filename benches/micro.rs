@@ -132,6 +132,7 @@ fn new_tail(i: usize) -> Tail {
         },
         Arc::from(Path::new("/var/log/pods/ns_pod_uid/c/0.log")),
         gen::labels(i),
+        ringtail::sources::files::Format::Cri,
         Fingerprint::default(),
         0,
         Arc::new(std::sync::atomic::AtomicU64::new(0)),

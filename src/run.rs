@@ -14,7 +14,7 @@ use crate::ring::{ring, RingTx};
 use crate::shutdown::Stop;
 use crate::sink::loki::LokiClient;
 use crate::sink::{self, Output, Progress};
-use crate::sources::files::discover::Discovery;
+use crate::sources::files::discover::{rke2_labels, Catalog, Discovery, FixedFile};
 use crate::sources::files::io::BatchIo;
 use crate::sources::files::schedule::Tailer;
 use crate::telemetry::metrics::METRICS;
@@ -80,9 +80,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (ring_tx, ring_rx) = ring(RING_CHUNKS);
     let mut positions = Positions::new(cfg.data_dir.clone(), loaded.files.clone(), SAVE_EVERY);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    if cfg.logs.pods.enabled {
-        let meta: Arc<dyn PodMetadata> = Arc::new(NoMetadata);
-        let discovery = start_pods(&cfg, &ring_tx, &stop, meta, loaded, &mut threads)?;
+    let catalogs = catalogs(&cfg, Arc::new(NoMetadata));
+    if !catalogs.is_empty() {
+        let discovery = start_files(&cfg, catalogs, &ring_tx, &stop, loaded, &mut threads)?;
         if discovery.started() {
             // Positions of files that are not in the tree any more: their files are gone.
             positions.retain(discovery.known_keys());
@@ -95,10 +95,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for (enabled, key) in [
         (cfg.logs.events.enabled, "logs.events"),
         (cfg.logs.journal.enabled, "logs.journal"),
-        (cfg.logs.rke2.enabled, "logs.rke2"),
     ] {
         if enabled {
-            log::warn!("{key} is enabled, but this build ships pod logs only; set {key}.enabled: false to silence this");
+            log::warn!("{key} is enabled, but this build ships pod and RKE2 logs only; set {key}.enabled: false to silence this");
         }
     }
     let writer = sink::start(
@@ -132,13 +131,39 @@ pub fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the tailer threads and runs discovery's first scan (so positions of files that are
+/// The file sources the config enables: pod logs, and RKE2's two daemon logs.
+fn catalogs(cfg: &Config, meta: Arc<dyn PodMetadata>) -> Vec<Catalog> {
+    let mut out = Vec::new();
+    if cfg.logs.pods.enabled {
+        out.push(Catalog::Pods {
+            root: cfg.logs.pods.path.clone(),
+            node: cfg.node_name.clone(),
+            meta,
+        });
+    }
+    if cfg.logs.rke2.enabled {
+        let rke2 = &cfg.logs.rke2;
+        out.push(Catalog::Fixed(vec![
+            FixedFile::new(
+                rke2.kubelet_log.clone(),
+                rke2_labels("kubelet", &cfg.node_name),
+            ),
+            FixedFile::new(
+                rke2.containerd_log.clone(),
+                rke2_labels("containerd", &cfg.node_name),
+            ),
+        ]));
+    }
+    out
+}
+
+/// Starts the tailer threads and runs discovery's start scans (so positions of files that are
 /// gone can be dropped before the writer starts).
-fn start_pods(
+fn start_files(
     cfg: &Config,
+    catalogs: Vec<Catalog>,
     ring_tx: &RingTx,
     stop: &Arc<Stop>,
-    meta: Arc<dyn PodMetadata>,
     loaded: store::Loaded,
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<Discovery, String> {
@@ -171,16 +196,14 @@ fn start_pods(
         threads.push(spawn(&name, core, move || tailer.run(&stop))?);
     }
     let mut discovery = Discovery::new(
-        cfg.logs.pods.path.clone(),
-        cfg.node_name.clone(),
-        meta,
+        catalogs,
         cfg.logs.pods.read_from,
         loaded.files,
         loaded.saved_at,
         controls,
         BatchIo::new(cfg.tail.io, "discovery").map_err(io_err)?,
     );
-    if std::fs::read_dir(&cfg.logs.pods.path).is_err() {
+    if cfg.logs.pods.enabled && std::fs::read_dir(&cfg.logs.pods.path).is_err() {
         log::warn!(
             "logs.pods.path {} cannot be listed yet; waiting for it",
             cfg.logs.pods.path.display()

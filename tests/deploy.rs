@@ -625,12 +625,12 @@ fn shipped_config_is_accepted_by_check_config_and_fits_the_daemonset() {
             "http://loki.loki.svc.cluster.local:3100/loki/api/v1/push",
             "{overlay}"
         );
-        // This build ships pod logs only.
+        // This build ships pod and RKE2 logs.
         for (source, on) in [
             ("pods", true),
             ("events", false),
             ("journal", false),
-            ("rke2", false),
+            ("rke2", true),
         ] {
             assert_eq!(
                 at(&cfg, &format!("logs.{source}.enabled")).as_bool(),

@@ -209,10 +209,17 @@ pub fn tail(data: &[u8]) {
     let labels = LabelSet::new([("namespace", "ns".to_string()), ("pod", "p".to_string())]);
     let path: Arc<Path> = Arc::from(Path::new("/var/log/pods/ns_p_u/c/0.log"));
     let key = FileKey { dev: 1, ino: 2 };
+    // Bit 3 picks the plain format (RKE2 daemon logs) instead of CRI.
+    let format = if hdr[1] & 8 != 0 {
+        ringtail::sources::files::Format::Plain
+    } else {
+        ringtail::sources::files::Format::Cri
+    };
     let mut t = Tail::new(
         key,
         path,
         labels.clone(),
+        format,
         Fingerprint::default(),
         0,
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(body.len() as u64)),

@@ -8,6 +8,7 @@
 pub mod json;
 pub mod level;
 pub mod limits;
+pub mod plain;
 pub mod trace;
 
 use bumpalo::Bump;
@@ -130,6 +131,25 @@ impl Processor {
             self.max_line,
             chunk,
             ts_ns,
+            line,
+            truncated,
+            meta_start,
+        );
+    }
+
+    /// Appends a plain line (RKE2's kubelet.log and containerd.log): SM `level` and the
+    /// timestamp from its klog header or logrus fields, else the time it was read.
+    pub fn plain_line(&mut self, chunk: &mut Chunk, read_ns: i64, line: &[u8], truncated: bool) {
+        let h = plain::header(line, read_ns);
+        let meta_start = chunk.meta.len() as u32;
+        if let Some(level) = h.level.and_then(|l| push_level(chunk, l)) {
+            chunk.meta.push((MetaKey::Level, level));
+        }
+        push_entry(
+            &mut self.counts,
+            self.max_line,
+            chunk,
+            h.ts_ns.unwrap_or(read_ns),
             line,
             truncated,
             meta_start,

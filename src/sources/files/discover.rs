@@ -1,6 +1,8 @@
-//! Which pod log files exist: lists `<root>/<namespace>_<pod>_<uid>/<container>/<n>.log` and the
-//! uncompressed rotated `<n>.log.<timestamp>`, stats them in one batch, and tells the tailers
-//! what is new, renamed, grown, shrunk or gone. It never reads a log line; it opens a file only
+//! Which log files exist: the [`Catalog`]s list them (pod logs,
+//! `<root>/<namespace>_<pod>_<uid>/<container>/<n>.log` and the uncompressed rotated
+//! `<n>.log.<timestamp>`; RKE2's `kubelet.log` and `containerd.log` with their lumberjack
+//! backups), one batch of stats finds their identities, and the tailers are told what is new,
+//! renamed or gone (sizes are shared values). It never reads a log line; it opens a file only
 //! to fingerprint its first bytes.
 //!
 //! Files are keyed by identity (device, inode); the path is an attribute that rotation changes.
@@ -24,6 +26,7 @@ use crate::metadata::PodMetadata;
 use crate::positions::store::FilePos;
 use crate::sources::files::io::{BatchIo, Stat};
 use crate::sources::files::tail::Tail;
+use crate::sources::files::Format;
 use crate::telemetry::metrics::METRICS;
 
 /// `<namespace>_<pod>_<uid>`: namespace and pod names cannot hold `_`, so the UID (or a static
@@ -79,13 +82,122 @@ pub struct Found {
     pub path: PathBuf,
     pub labels: Arc<LabelSet>,
     pub rotated: bool,
+    pub format: Format,
+    /// Index of the catalog that listed it.
+    pub catalog: usize,
+}
+
+/// The stream labels of an RKE2 daemon's log (contract §1): `node` keeps nodes apart.
+pub fn rke2_labels(kind: &str, node: &str) -> Arc<LabelSet> {
+    LabelSet::new([
+        ("source", "rke2".to_string()),
+        ("type", kind.to_string()),
+        ("node", node.to_string()),
+        ("job", format!("rke2/{kind}")),
+    ])
+}
+
+/// A fixed log file and its rotated siblings.
+pub struct FixedFile {
+    pub path: PathBuf,
+    pub labels: Arc<LabelSet>,
+    /// Said once that the file's directory does not exist (yet).
+    waiting: bool,
+}
+
+impl FixedFile {
+    pub fn new(path: PathBuf, labels: Arc<LabelSet>) -> FixedFile {
+        FixedFile {
+            path,
+            labels,
+            waiting: false,
+        }
+    }
+}
+
+/// Where files come from.
+pub enum Catalog {
+    /// The kubelet's pod log tree.
+    Pods {
+        root: PathBuf,
+        node: String,
+        meta: Arc<dyn PodMetadata>,
+    },
+    /// Named files (RKE2's kubelet.log and containerd.log), rotated by rename to lumberjack
+    /// backups `<stem>-<time><ext>` beside them, or truncated in place.
+    Fixed(Vec<FixedFile>),
+}
+
+impl Catalog {
+    /// Appends what it finds to `out`; false when it cannot say what exists (the pod root
+    /// cannot be listed), so that nothing of it is taken for gone.
+    fn list(&mut self, index: usize, out: &mut Vec<Found>) -> bool {
+        match self {
+            Catalog::Pods { root, node, meta } => list(root, node, &**meta, index, out),
+            Catalog::Fixed(files) => {
+                for f in files.iter_mut() {
+                    list_fixed(f, index, out);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// `containerd.log` and its backups `containerd-2024-11-25T10-00-00.000.log` (not `.gz`).
+fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) {
+    let (Some(dir), Some(name)) = (f.path.parent(), f.path.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => {
+            f.waiting = false;
+            e
+        }
+        Err(e) => {
+            if !f.waiting {
+                f.waiting = true;
+                log::info!(
+                    "waiting for {} to appear ({e}); this node may not run RKE2 (set \
+                     logs.rke2.enabled: false if it never will)",
+                    f.path.display()
+                );
+            }
+            return;
+        }
+    };
+    let (stem, ext) = name.rsplit_once('.').map_or((name, ""), |(s, e)| (s, e));
+    let backup_prefix = format!("{stem}-");
+    let backup_suffix = format!(".{ext}");
+    for e in entries.flatten() {
+        let fname = e.file_name();
+        let Some(n) = fname.to_str() else { continue };
+        let rotated = match n {
+            n if n == name => false,
+            n if n.starts_with(&backup_prefix) && n.ends_with(&backup_suffix) => true,
+            _ => continue,
+        };
+        out.push(Found {
+            path: e.path(),
+            labels: f.labels.clone(),
+            rotated,
+            format: Format::Plain,
+            catalog: index,
+        });
+    }
 }
 
 /// Lists candidate files under `root`; false when `root` itself cannot be listed (then nothing
 /// can be concluded about what is gone). Unreadable pod or container directories are skipped and
 /// retried on the next scan.
-pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found>) -> bool {
-    out.clear();
+pub fn list(
+    root: &Path,
+    node: &str,
+    meta: &dyn PodMetadata,
+    catalog: usize,
+    out: &mut Vec<Found>,
+) -> bool {
     let Ok(pods) = std::fs::read_dir(root) else {
         return false;
     };
@@ -118,6 +230,8 @@ pub fn list(root: &Path, node: &str, meta: &dyn PodMetadata, out: &mut Vec<Found
                     path: f.path(),
                     labels,
                     rotated,
+                    format: Format::Cri,
+                    catalog,
                 });
             }
         }
@@ -188,6 +302,8 @@ pub enum Control {
 
 struct Known {
     path: Arc<Path>,
+    /// The catalog that lists it: only a catalog that listed successfully can say it is gone.
+    catalog: usize,
     /// Shared with the tailer: the size at the last scan.
     size: Arc<AtomicU64>,
     /// Of the first bytes at first sight: a rename must keep them, or the inode was reused.
@@ -208,9 +324,9 @@ const START_SCANS: u8 = 2;
 
 /// The discovery loop's state.
 pub struct Discovery {
-    root: PathBuf,
-    node: String,
-    meta: Arc<dyn PodMetadata>,
+    catalogs: Vec<Catalog>,
+    /// Which catalogs listed successfully in this scan.
+    listed: Vec<bool>,
     read_from: ReadFrom,
     stored: HashMap<FileKey, FilePos>,
     saved_at: Option<u64>,
@@ -227,11 +343,8 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        root: PathBuf,
-        node: String,
-        meta: Arc<dyn PodMetadata>,
+        catalogs: Vec<Catalog>,
         read_from: ReadFrom,
         stored: Vec<FilePos>,
         saved_at: Option<u64>,
@@ -239,9 +352,8 @@ impl Discovery {
         io: BatchIo,
     ) -> Discovery {
         Discovery {
-            root,
-            node,
-            meta,
+            listed: vec![false; catalogs.len()],
+            catalogs,
             read_from,
             stored: stored.into_iter().map(|p| (p.key(), p)).collect(),
             saved_at,
@@ -270,7 +382,11 @@ impl Discovery {
     /// One pass over the tree.
     pub fn scan(&mut self) {
         let at_start = self.start_scans > 0;
-        if !list(&self.root, &self.node, &*self.meta, &mut self.found) {
+        self.found.clear();
+        for (i, c) in self.catalogs.iter_mut().enumerate() {
+            self.listed[i] = c.list(i, &mut self.found);
+        }
+        if !self.listed.iter().any(|&l| l) {
             return;
         }
         self.cpaths.clear();
@@ -329,9 +445,13 @@ impl Discovery {
                 (Some(_), Some(false)) | (None, _) => {
                     METRICS.file_event("new");
                     let path: Arc<Path> = Arc::from(found.path.as_path());
-                    let (labels, rotated) = (found.labels.clone(), found.rotated);
-                    if let Some(known) = self.add(key, path, labels, rotated, size, mtime, at_start)
-                    {
+                    let spec = Spec {
+                        labels: found.labels.clone(),
+                        rotated: found.rotated,
+                        format: found.format,
+                        catalog: found.catalog,
+                    };
+                    if let Some(known) = self.add(key, path, spec, size, mtime, at_start) {
                         self.known.insert(key, known);
                     } else {
                         self.known.remove(&key);
@@ -341,7 +461,7 @@ impl Discovery {
         }
         let mut gone: Vec<FileKey> = Vec::new();
         for (key, k) in self.known.iter_mut() {
-            if !seen.contains_key(key) {
+            if self.listed[k.catalog] && !seen.contains_key(key) {
                 k.missed += 1;
                 if k.missed >= GONE_AFTER {
                     gone.push(*key);
@@ -376,17 +496,21 @@ impl Discovery {
 
     /// Decides where a file seen for the first time starts and hands it to a tailer. `None`:
     /// it could not be opened; it is tried again on the next scan.
-    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         key: FileKey,
         path: Arc<Path>,
-        labels: Arc<LabelSet>,
-        rotated: bool,
+        spec: Spec,
         size: u64,
         mtime: i64,
         at_start: bool,
     ) -> Option<Known> {
+        let Spec {
+            labels,
+            rotated,
+            format,
+            catalog,
+        } = spec;
         let head = match read_head(&path) {
             Ok(h) => {
                 self.unreadable.remove(&key);
@@ -441,6 +565,7 @@ impl Discovery {
                 );
                 return Some(Known {
                     path,
+                    catalog,
                     size: size_hint,
                     fingerprint,
                     missed: 0,
@@ -458,6 +583,7 @@ impl Discovery {
             key,
             path.clone(),
             labels,
+            format,
             fingerprint,
             start,
             size_hint.clone(),
@@ -468,12 +594,21 @@ impl Discovery {
         let _ = self.tailers[t].send(Control::Add(Box::new(tail)));
         Some(Known {
             path,
+            catalog,
             size: size_hint,
             fingerprint,
             missed: 0,
             tailer: Some(t),
         })
     }
+}
+
+/// What a catalog says about a file found for the first time.
+struct Spec {
+    labels: Arc<LabelSet>,
+    rotated: bool,
+    format: Format,
+    catalog: usize,
 }
 
 /// Whether a known file found under a new path is still the file it was: kubelet renames

@@ -23,6 +23,7 @@ use crate::shutdown::Stop;
 use crate::sources::files::discover::Control;
 use crate::sources::files::io::{BatchIo, ReadReq};
 use crate::sources::files::tail::{Life, Tail};
+use crate::sources::files::Format;
 use crate::telemetry::metrics::{Metrics, METRICS};
 
 /// Files read per submission, and read buffers per thread.
@@ -65,8 +66,8 @@ pub struct Tailer {
     /// Just added: send their start position, so that the positions file knows every file
     /// from the moment it is tracked (a restart then never mistakes it for an old rotation).
     to_register: Vec<FileKey>,
-    read_bytes: Counter,
-    read_lines: Counter,
+    /// `ringtail_read_{bytes,lines}_total` per source, indexed by [`Format`].
+    read: [(Counter, Counter); 2],
 }
 
 impl Tailer {
@@ -93,8 +94,12 @@ impl Tailer {
             to_finish: Vec::new(),
             retired: Vec::new(),
             to_register: Vec::new(),
-            read_bytes: Metrics::source_counter(&METRICS.read_bytes, "pods"),
-            read_lines: Metrics::source_counter(&METRICS.read_lines, "pods"),
+            read: [Format::Cri, Format::Plain].map(|f| {
+                (
+                    Metrics::source_counter(&METRICS.read_bytes, f.source()),
+                    Metrics::source_counter(&METRICS.read_lines, f.source()),
+                )
+            }),
         }
     }
 
@@ -258,7 +263,8 @@ impl Tailer {
         t.last_read = Instant::now();
         t.idle_rounds = 0;
         t.next_check = t.last_read;
-        self.count(before, n);
+        let format = self.files[fi].format;
+        self.count(before, n, format);
         if self.send(chunk, stop) {
             Turn::Progress
         } else {
@@ -267,10 +273,11 @@ impl Tailer {
     }
 
     /// Adds what the processor counted since `before`, and `bytes` read, to the metrics.
-    fn count(&mut self, before: crate::process::LineCounts, bytes: usize) {
+    fn count(&mut self, before: crate::process::LineCounts, bytes: usize, format: Format) {
         let after = self.proc.counts;
-        self.read_bytes.inc_by(bytes as u64);
-        self.read_lines.inc_by(after.lines - before.lines);
+        let (read_bytes, read_lines) = &self.read[format as usize];
+        read_bytes.inc_by(bytes as u64);
+        read_lines.inc_by(after.lines - before.lines);
         METRICS
             .lines_truncated
             .inc_by(after.truncated - before.truncated);
@@ -288,8 +295,9 @@ impl Tailer {
         let mut chunk = self.ring.chunk(t.labels.clone());
         let before = self.proc.counts;
         t.consume_rest(&self.bufs[slot][..n], &mut self.proc, &mut chunk);
+        let format = t.format;
         self.proc.end_chunk();
-        self.count(before, n);
+        self.count(before, n, format);
         self.send(chunk, stop)
     }
 
@@ -302,9 +310,10 @@ impl Tailer {
         let mut chunk = self.ring.chunk(t.labels.clone());
         let before = self.proc.counts;
         let n = t.flush_partials(&mut self.proc, &mut chunk);
+        let format = t.format;
         self.proc.end_chunk();
         METRICS.file_event_n("partial_flushed", n as u64);
-        self.count(before, 0);
+        self.count(before, 0, format);
         self.send(chunk, stop)
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::entry::{Advance, AdvanceKind, Chunk, FileKey, Fingerprint, LabelSet};
 use crate::process::Processor;
 use crate::sources::files::cri::{self, Partials};
+use crate::sources::files::Format;
 use crate::telemetry::metrics::METRICS;
 
 /// The first pause of a file at its end; it doubles up to 8× (25 ms up to 200 ms), which bounds
@@ -35,6 +36,7 @@ pub struct Tail {
     pub key: FileKey,
     pub path: Arc<Path>,
     pub labels: Arc<LabelSet>,
+    pub format: Format,
     pub fingerprint: Fingerprint,
     pub file: Option<File>,
     pub life: Life,
@@ -63,6 +65,7 @@ impl Tail {
         key: FileKey,
         path: Arc<Path>,
         labels: Arc<LabelSet>,
+        format: Format,
         fingerprint: Fingerprint,
         start: u64,
         size_hint: Arc<AtomicU64>,
@@ -72,6 +75,7 @@ impl Tail {
             key,
             path,
             labels,
+            format,
             fingerprint,
             file: None,
             life: Life::Live,
@@ -144,6 +148,10 @@ impl Tail {
         proc: &mut Processor,
         chunk: &mut Chunk,
     ) {
+        if self.format == Format::Plain {
+            proc.plain_line(chunk, read_ns, line, false);
+            return;
+        }
         match cri::parse(line) {
             Some(rec) => {
                 let stream = rec.stream;
@@ -193,9 +201,12 @@ impl Tail {
             // timestamp and stream when the header parses, and skip to the next newline.
             if !self.discarding {
                 METRICS.file_event("overlong_record");
-                match cri::parse(buf) {
-                    Some(rec) => proc.pod_line(chunk, rec.ts_ns, rec.stream, rec.content, true),
-                    None => proc.malformed_line(chunk, read_ns, buf, true),
+                match (self.format, cri::parse(buf)) {
+                    (Format::Plain, _) => proc.plain_line(chunk, read_ns, buf, true),
+                    (Format::Cri, Some(rec)) => {
+                        proc.pod_line(chunk, rec.ts_ns, rec.stream, rec.content, true)
+                    }
+                    (Format::Cri, None) => proc.malformed_line(chunk, read_ns, buf, true),
                 }
                 self.discarding = true;
             }
@@ -250,6 +261,7 @@ mod tests {
             FileKey { dev: 1, ino: 2 },
             Arc::from(Path::new("/p/0.log")),
             LabelSet::new([("pod", "p".to_string())]),
+            Format::Cri,
             Fingerprint::default(),
             0,
             Arc::new(AtomicU64::new(0)),
@@ -351,6 +363,35 @@ mod tests {
                 ("truncated", "true".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn plain_lines_get_their_header() {
+        let mut t = tail();
+        t.format = Format::Plain;
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume(
+            b"time=\"2024-11-25T10:00:00Z\" level=error msg=\"x\"\nno header\n",
+            false,
+            &mut p,
+            &mut c,
+        );
+        assert_eq!(
+            lines(&c),
+            [
+                "time=\"2024-11-25T10:00:00Z\" level=error msg=\"x\"",
+                "no header"
+            ]
+        );
+        assert_eq!(c.entries[0].ts_ns, 1_732_528_800_000_000_000);
+        let meta: Vec<_> = c
+            .meta_of(&c.entries[0])
+            .iter()
+            .map(|(k, v)| (k.as_str(), c.meta_str(v).to_string()))
+            .collect();
+        assert_eq!(meta, [("level", "error".to_string())]);
+        assert!(c.meta_of(&c.entries[1]).is_empty());
     }
 
     #[test]

@@ -1,0 +1,316 @@
+//! RKE2's daemon logs end to end: kubelet.log (klog) and containerd.log (logrus) tailed by the
+//! real binary, with lumberjack rename rotation, klog's truncation in place, and paths that do
+//! not exist yet.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    dir: tempfile::TempDir,
+    rx: LokiReceiver,
+    port: u16,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("pods")).unwrap();
+        Node {
+            dir,
+            rx: LokiReceiver::start(),
+            port: free_port(),
+        }
+    }
+
+    fn kubelet_log(&self) -> PathBuf {
+        self.dir.path().join("agent/logs/kubelet.log")
+    }
+
+    fn containerd_log(&self) -> PathBuf {
+        self.dir.path().join("agent/containerd/containerd.log")
+    }
+
+    fn start(&self, run: &str) -> Ringtail {
+        let cfg = pods_only_config(
+            &self.dir.path().join("data"),
+            &self.dir.path().join("pods"),
+            &self.rx.url(),
+            self.port,
+        )
+        .replace(
+            "  rke2:\n    enabled: false\n",
+            &format!(
+                "  rke2:\n    enabled: true\n    kubelet_log: {}\n    containerd_log: {}\n",
+                self.kubelet_log().display(),
+                self.containerd_log().display()
+            ),
+        );
+        assert!(cfg.contains("kubelet_log"), "{cfg}");
+        let run_dir = self.dir.path().join(run);
+        fs::create_dir_all(&run_dir).unwrap();
+        let mut rt = Ringtail::start(&cfg, &run_dir);
+        assert!(
+            rt.wait_ready(self.port, Duration::from_secs(10)),
+            "{}",
+            rt.logs()
+        );
+        rt
+    }
+}
+
+fn append(path: &Path, lines: &[String]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        f.write_all(l.as_bytes()).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+}
+
+fn labels(kind: &str) -> BTreeMap<String, String> {
+    [("source", "rke2"), ("type", kind), ("node", "test-node")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("job".to_string(), format!("rke2/{kind}"))])
+        .collect()
+}
+
+fn stop(rt: &mut Ringtail) {
+    rt.sigterm();
+    let status = rt.wait_exit(Duration::from_secs(12));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        rt.logs()
+    );
+}
+
+/// The current year, as ringtail gives it to klog lines.
+fn year() -> i64 {
+    let now = support::cri::unix_now_ns();
+    let s = format_rfc3339nano(now, 0);
+    s[..4].parse().unwrap()
+}
+
+#[test]
+fn klog_and_logrus_lines_with_levels_timestamps_and_labels() {
+    let n = Node::new();
+    let klog = [
+        "I1125 10:00:00.123456    1234 kubelet.go:42] Started kubelet",
+        "W1125 10:00:01.000001    1234 pod_workers.go:1] slow",
+        "E1125 10:00:02.5    bad fraction is not a klog header",
+        "E1125 10:00:03.000000    1234 kuberuntime.go:9] failed",
+        "F1125 10:00:04.999999    1234 server.go:1] fatal",
+    ]
+    .map(String::from);
+    let logrus = [
+        r#"time="2026-11-25T10:00:00.123456789Z" level=info msg="starting containerd" revision=abc"#,
+        r#"time="2026-11-25T10:00:01Z" level=warning msg="x""#,
+        r#"time="2026-11-25T11:00:02+01:00" level=error msg="failed to y" error="z""#,
+        "plain line with neither",
+    ]
+    .map(String::from);
+    append(&n.kubelet_log(), &klog);
+    append(&n.containerd_log(), &logrus);
+    let mut rt = n.start("run1");
+    assert!(
+        n.rx.wait_for_entries(9, WAIT),
+        "{}\n{}",
+        n.rx.summary(),
+        rt.logs()
+    );
+    type Labels = BTreeMap<String, String>;
+    let got: BTreeMap<String, (Labels, i64, Labels)> =
+        n.rx.entries()
+            .into_iter()
+            .map(|e| (e.line, (e.labels, e.ts_ns, e.metadata)))
+            .collect();
+    let y = year();
+    let ns = |s: &str| parse_rfc3339nano(s).unwrap();
+    let level = |l: &str| BTreeMap::from([("level".to_string(), l.to_string())]);
+    let want = [
+        (
+            &klog[0],
+            "kubelet",
+            Some(ns(&format!("{y}-11-25T10:00:00.123456Z"))),
+            Some("info"),
+        ),
+        (
+            &klog[1],
+            "kubelet",
+            Some(ns(&format!("{y}-11-25T10:00:01.000001Z"))),
+            Some("warn"),
+        ),
+        (&klog[2], "kubelet", None, None),
+        (
+            &klog[3],
+            "kubelet",
+            Some(ns(&format!("{y}-11-25T10:00:03Z"))),
+            Some("error"),
+        ),
+        (
+            &klog[4],
+            "kubelet",
+            Some(ns(&format!("{y}-11-25T10:00:04.999999Z"))),
+            Some("critical"),
+        ),
+        (
+            &logrus[0],
+            "containerd",
+            Some(ns("2026-11-25T10:00:00.123456789Z")),
+            Some("info"),
+        ),
+        (
+            &logrus[1],
+            "containerd",
+            Some(ns("2026-11-25T10:00:01Z")),
+            Some("warn"),
+        ),
+        (
+            &logrus[2],
+            "containerd",
+            Some(ns("2026-11-25T10:00:02Z")),
+            Some("error"),
+        ),
+        (&logrus[3], "containerd", None, None),
+    ];
+    assert_eq!(got.len(), want.len());
+    let now = support::cri::unix_now_ns();
+    for (line, kind, ts, lvl) in want {
+        let (l, t, m) = &got[line.as_str()];
+        assert_eq!(l, &labels(kind), "{line}");
+        match ts {
+            Some(ts) => assert_eq!(*t, ts, "{line}"),
+            // No timestamp in the line: the time it was read.
+            None => assert!((now - t).abs() < 60_000_000_000, "{line}: {t}"),
+        }
+        assert_eq!(m, &lvl.map(level).unwrap_or_default(), "{line}");
+    }
+    let m = metrics(n.port);
+    assert_eq!(
+        metric_value(&m, "ringtail_read_lines_total{source=\"rke2\"}"),
+        Some(9.0),
+        "{m}"
+    );
+    stop(&mut rt);
+}
+
+#[test]
+fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing() {
+    let n = Node::new();
+    let mut want: Vec<String> = Vec::new();
+    let mut seq = 0;
+    let mut batch = |kind: &str, count: usize, want: &mut Vec<String>| -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                seq += 1;
+                let l = match kind {
+                    "kubelet" => format!("I1125 10:00:00.000000 1 x.go:1] kubelet line {seq}"),
+                    _ => format!(
+                        r#"time="2026-11-25T10:00:00Z" level=info msg="containerd line {seq}""#
+                    ),
+                };
+                want.push(l.clone());
+                l
+            })
+            .collect()
+    };
+    append(&n.containerd_log(), &batch("containerd", 200, &mut want));
+    append(&n.kubelet_log(), &batch("kubelet", 200, &mut want));
+    let mut rt = n.start("run1");
+    for round in 0..3 {
+        // lumberjack: rename to a timestamped backup; the daemon keeps its handle until it
+        // opens the new file, so some lines land in the renamed one.
+        let mut old = File::options()
+            .append(true)
+            .open(n.containerd_log())
+            .unwrap();
+        let backup = n
+            .containerd_log()
+            .with_file_name(format!("containerd-2026-11-25T10-00-0{round}.000.log"));
+        fs::rename(n.containerd_log(), &backup).unwrap();
+        for l in batch("containerd", 50, &mut want) {
+            writeln!(old, "{l}").unwrap();
+        }
+        drop(old);
+        append(&n.containerd_log(), &batch("containerd", 100, &mut want));
+        // klog --log-file: the file is truncated in place once everything in it was read.
+        assert!(
+            n.rx.wait_for_entries(want.len() - 150, WAIT),
+            "{}",
+            rt.logs()
+        );
+        File::create(n.kubelet_log()).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        append(&n.kubelet_log(), &batch("kubelet", 100, &mut want));
+        // lumberjack compresses old backups.
+        if round > 0 {
+            let prev = n.containerd_log().with_file_name(format!(
+                "containerd-2026-11-25T10-00-0{}.000.log",
+                round - 1
+            ));
+            let status = std::process::Command::new("gzip")
+                .arg(&prev)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        n.rx.wait_for_entries(want.len(), WAIT),
+        "{} of {}\n{}",
+        n.rx.entry_count(),
+        want.len(),
+        rt.logs()
+    );
+    n.rx.wait_quiet(Duration::from_millis(800));
+    let mut got = n.rx.lines();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every line once");
+    let m = metrics(n.port);
+    assert_eq!(
+        metric_value(&m, "ringtail_file_events_total{event=\"truncated\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    stop(&mut rt);
+}
+
+#[test]
+fn a_missing_rke2_path_is_waited_for_quietly() {
+    let n = Node::new();
+    let mut rt = n.start("run1");
+    std::thread::sleep(Duration::from_millis(1500));
+    let err = rt.stderr_text();
+    assert_eq!(
+        err.matches("waiting for").count(),
+        2,
+        "one info line per path\n{err}"
+    );
+    assert!(
+        !err.contains("level=warn") && !err.contains("level=error"),
+        "{err}"
+    );
+    // The node becomes an RKE2 node: the file is picked up.
+    append(
+        &n.kubelet_log(),
+        &["I1125 10:00:00.000000 1 x.go:1] late".to_string()],
+    );
+    assert!(n.rx.wait_for_entries(1, WAIT), "{}", rt.logs());
+    stop(&mut rt);
+}

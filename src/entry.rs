@@ -63,6 +63,8 @@ pub enum MetaKey {
     Level,
     TraceId,
     Truncated,
+    Pid,
+    SyslogIdentifier,
 }
 
 impl MetaKey {
@@ -72,6 +74,8 @@ impl MetaKey {
             MetaKey::Level => "level",
             MetaKey::TraceId => "trace_id",
             MetaKey::Truncated => "truncated",
+            MetaKey::Pid => "pid",
+            MetaKey::SyslogIdentifier => "syslog_identifier",
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Span {
 /// One log entry, by reference into its chunk.
 #[derive(Clone, Copy, Debug)]
 pub struct EntryRec {
+    /// Index of its label set in [`Chunk::labels`].
+    pub labels: u16,
     /// Unix time in nanoseconds.
     pub ts_ns: i64,
     /// The line; valid UTF-8, at most `max_line_size` bytes.
@@ -143,12 +149,31 @@ impl Fingerprint {
     }
 }
 
+/// The position a chunk moves its source to, committed once the chunk is acked.
+#[derive(Clone, Debug)]
+pub enum Advance {
+    File(FileAdvance),
+    /// The journal's cursor of the chunk's last entry.
+    Journal {
+        cursor: String,
+    },
+}
+
+impl Advance {
+    pub fn as_file(&self) -> Option<&FileAdvance> {
+        match self {
+            Advance::File(a) => Some(a),
+            Advance::Journal { .. } => None,
+        }
+    }
+}
+
 /// The position a chunk moves its file to: the interval `(from, to]` of byte offsets.
 ///
 /// `to` is a safe restart point: it never points into a pending CRI partial line, so a restart
 /// from `to` loses nothing (it may repeat lines of the other stream that followed the partial).
 #[derive(Clone, Debug)]
-pub struct Advance {
+pub struct FileAdvance {
     pub file: FileKey,
     pub path: Arc<Path>,
     pub fingerprint: Fingerprint,
@@ -170,8 +195,9 @@ pub enum AdvanceKind {
 /// A block of entries from one source read, with the position it advances.
 #[derive(Debug)]
 pub struct Chunk {
-    /// Label sets used by `entries` (index = `labels_idx`); pod files have one.
-    pub labels: Arc<LabelSet>,
+    /// Label sets used by `entries` (see [`EntryRec::labels`]); a file's chunk has one, a
+    /// journal chunk one per unit and level. Never empty.
+    pub labels: Vec<Arc<LabelSet>>,
     pub entries: Vec<EntryRec>,
     pub meta: Vec<(MetaKey, MetaVal)>,
     pub data: Vec<u8>,
@@ -183,7 +209,7 @@ pub struct Chunk {
 impl Chunk {
     pub fn new(labels: Arc<LabelSet>) -> Chunk {
         Chunk {
-            labels,
+            labels: vec![labels],
             entries: Vec::new(),
             meta: Vec::new(),
             data: Vec::new(),
@@ -194,12 +220,30 @@ impl Chunk {
 
     /// Empties the chunk for reuse, keeping its allocations.
     pub fn reset(&mut self, labels: Arc<LabelSet>) {
-        self.labels = labels;
+        self.labels.clear();
+        self.labels.push(labels);
         self.entries.clear();
         self.meta.clear();
         self.data.clear();
         self.advance = None;
         self.read_at = Instant::now();
+    }
+
+    /// The index of `labels` in this chunk, adding it when it is new. Label sets are compared by
+    /// pointer: sources intern them.
+    pub fn label_index(&mut self, labels: &Arc<LabelSet>) -> u16 {
+        match self.labels.iter().position(|l| Arc::ptr_eq(l, labels)) {
+            Some(i) => i as u16,
+            None => {
+                self.labels.push(labels.clone());
+                (self.labels.len() - 1) as u16
+            }
+        }
+    }
+
+    /// The label set of an entry.
+    pub fn labels_of(&self, e: &EntryRec) -> &LabelSet {
+        &self.labels[usize::from(e.labels).min(self.labels.len() - 1)]
     }
 
     pub fn str(&self, span: Span) -> &str {

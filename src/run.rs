@@ -78,7 +78,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     })?;
 
     let (ring_tx, ring_rx) = ring(RING_CHUNKS);
-    let mut positions = Positions::new(cfg.data_dir.clone(), loaded.files.clone(), SAVE_EVERY);
+    let mut positions = Positions::new(cfg.data_dir.clone(), &loaded, SAVE_EVERY);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let catalogs = catalogs(&cfg, Arc::new(NoMetadata));
     if !catalogs.is_empty() {

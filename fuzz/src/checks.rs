@@ -248,7 +248,12 @@ pub fn tail(data: &[u8]) {
         expected_entries(first, full[0], false),
         "entries of the first read"
     );
-    let a1 = c1.advance.clone().expect("consume sets an advance");
+    let a1 = c1
+        .advance
+        .as_ref()
+        .and_then(|a| a.as_file())
+        .cloned()
+        .expect("consume sets a file advance");
     assert_eq!((a1.file, a1.kind, a1.from), (key, AdvanceKind::Continue, 0));
     assert!(a1.to <= r1, "advance to {} past read_offset {r1}", a1.to);
     check_restart_point(body, a1.to, &cuts);
@@ -278,7 +283,12 @@ pub fn tail(data: &[u8]) {
         expected_entries(second, full[1], discarding),
         "entries of the second read"
     );
-    let a2 = c2.advance.clone().expect("consume sets an advance");
+    let a2 = c2
+        .advance
+        .as_ref()
+        .and_then(|a| a.as_file())
+        .cloned()
+        .expect("consume sets a file advance");
     assert_eq!(a2.kind, AdvanceKind::Continue);
     assert_eq!(a2.from, a1.to, "advances must chain");
     assert!(a2.from <= a2.to, "advance goes backwards");
@@ -381,6 +391,9 @@ fn check_tail_chunk(c: &Chunk, max: usize) {
                     assert!(v.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()));
                 }
                 MetaKey::TraceId => check_trace_hex(v),
+                MetaKey::Pid | MetaKey::SyslogIdentifier => {
+                    panic!("a file line carries journal metadata {k:?}")
+                }
             }
         }
     }
@@ -608,7 +621,9 @@ pub fn positions(data: &[u8]) {
     let parsed = serde_json::from_slice::<State>(data).ok();
     let want = |state: &State| match state {
         State::Empty => (Vec::new(), None),
-        State::V1 { saved_at, files } => (files.clone(), Some(*saved_at)),
+        State::V1 {
+            saved_at, files, ..
+        } => (files.clone(), Some(*saved_at)),
     };
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -647,6 +662,7 @@ pub fn positions(data: &[u8]) {
     let main_state = State::V1 {
         saved_at: 1_732_528_800,
         files: good.clone(),
+        journal_cursor: None,
     };
     let main_bytes = serde_json::to_vec(&main_state).expect("serialize");
     fs::write(dir.path().join(store::FILE_NAME), main_bytes).expect("write positions.json");
@@ -696,7 +712,9 @@ pub fn config(data: &[u8]) {
 pub fn encode(data: &[u8]) {
     let chunks = build_chunks(data);
     for c in &chunks {
-        check_rendered(c.labels.as_ref());
+        for l in &c.labels {
+            check_rendered(l);
+        }
     }
     let want = expected_request(&chunks);
 
@@ -841,6 +859,7 @@ fn build_chunks(data: &[u8]) -> Vec<Chunk> {
                 }
                 let line = c.push_valid(&unescape(line));
                 c.entries.push(EntryRec {
+                    labels: 0,
                     ts_ns,
                     line,
                     meta_start,
@@ -858,16 +877,17 @@ fn build_chunks(data: &[u8]) -> Vec<Chunk> {
 fn expected_request(chunks: &[Chunk]) -> PushRequest {
     let mut streams: Vec<StreamAdapter> = Vec::new();
     let mut index: HashMap<Vec<(&'static str, String)>, usize> = HashMap::new();
-    for c in chunks.iter().filter(|c| !c.entries.is_empty()) {
-        let si = *index.entry(c.labels.pairs().to_vec()).or_insert_with(|| {
-            streams.push(StreamAdapter {
-                labels: c.labels.rendered().to_string(),
-                entries: Vec::new(),
-                hash: 0,
-            });
-            streams.len() - 1
-        });
+    for c in chunks.iter() {
         for e in &c.entries {
+            let set = c.labels_of(e);
+            let si = *index.entry(set.pairs().to_vec()).or_insert_with(|| {
+                streams.push(StreamAdapter {
+                    labels: set.rendered().to_string(),
+                    entries: Vec::new(),
+                    hash: 0,
+                });
+                streams.len() - 1
+            });
             let (seconds, nanos) = (
                 e.ts_ns.div_euclid(1_000_000_000),
                 e.ts_ns.rem_euclid(1_000_000_000),

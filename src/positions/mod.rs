@@ -11,13 +11,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::entry::{Advance, AdvanceKind, FileKey};
+use crate::entry::{Advance, AdvanceKind, FileAdvance, FileKey};
 use crate::telemetry::metrics::METRICS;
 use store::FilePos;
 
 pub struct Positions {
     dir: PathBuf,
     files: HashMap<FileKey, FilePos>,
+    /// The journal's cursor of the last acked entry.
+    journal_cursor: Option<String>,
     dirty: bool,
     last_save: Instant,
     interval: Duration,
@@ -25,10 +27,11 @@ pub struct Positions {
 
 impl Positions {
     /// Starts from what was loaded; `interval` is how often [`Positions::maybe_save`] writes.
-    pub fn new(dir: PathBuf, loaded: Vec<FilePos>, interval: Duration) -> Positions {
+    pub fn new(dir: PathBuf, loaded: &store::Loaded, interval: Duration) -> Positions {
         Positions {
             dir,
-            files: loaded.into_iter().map(|p| (p.key(), p)).collect(),
+            files: loaded.files.iter().map(|p| (p.key(), p.clone())).collect(),
+            journal_cursor: loaded.journal_cursor.clone(),
             dirty: false,
             // The first change is written at once: files registered at start are on disk
             // before a crash in the first second could forget them.
@@ -42,6 +45,13 @@ impl Positions {
     /// Applies one acked advance.
     pub fn apply(&mut self, a: &Advance) {
         self.dirty = true;
+        match a {
+            Advance::File(f) => self.apply_file(f),
+            Advance::Journal { cursor } => self.journal_cursor = Some(cursor.clone()),
+        }
+    }
+
+    fn apply_file(&mut self, a: &FileAdvance) {
         if a.kind == AdvanceKind::Done {
             self.files.remove(&a.file);
             return;
@@ -99,7 +109,7 @@ impl Positions {
         self.last_save = Instant::now();
         let mut files: Vec<FilePos> = self.files.values().cloned().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        match store::save(&self.dir, files) {
+        match store::save(&self.dir, files, self.journal_cursor.clone()) {
             Ok(()) => {
                 self.dirty = false;
                 METRICS.positions_commits.inc();
@@ -125,20 +135,20 @@ mod tests {
     use std::sync::Arc;
 
     fn adv(ino: u64, from: u64, to: u64, kind: AdvanceKind) -> Advance {
-        Advance {
+        Advance::File(FileAdvance {
             file: FileKey { dev: 1, ino },
             path: Arc::from(Path::new("/x/0.log")),
             fingerprint: Fingerprint { len: 3, hash: 9 },
             from,
             to,
             kind,
-        }
+        })
     }
 
     #[test]
     fn applies_chained_advances_and_forgets_done_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = Positions::new(dir.path().into(), vec![], Duration::ZERO);
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), Duration::ZERO);
         p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
         p.apply(&adv(1, 10, 25, AdvanceKind::Continue));
         p.apply(&adv(2, 0, 5, AdvanceKind::Continue));
@@ -148,7 +158,13 @@ mod tests {
         p.apply(&adv(2, 5, 5, AdvanceKind::Done));
         assert_eq!(p.offset(&FileKey { dev: 1, ino: 2 }), None);
         p.save();
-        let loaded = store::load(dir.path()).unwrap().files;
+        p.apply(&Advance::Journal {
+            cursor: "s=abc;i=1".into(),
+        });
+        p.save();
+        let all = store::load(dir.path()).unwrap();
+        assert_eq!(all.journal_cursor.as_deref(), Some("s=abc;i=1"));
+        let loaded = all.files;
         assert_eq!(loaded.len(), 1);
         assert_eq!(
             (loaded[0].ino, loaded[0].offset, loaded[0].fp_hash),
@@ -159,7 +175,7 @@ mod tests {
     #[test]
     fn a_gap_is_counted_and_the_newer_position_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = Positions::new(dir.path().into(), vec![], Duration::ZERO);
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), Duration::ZERO);
         let before = METRICS.positions_gaps.get();
         p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
         p.apply(&adv(1, 20, 30, AdvanceKind::Continue));
@@ -169,7 +185,11 @@ mod tests {
 
     #[test]
     fn an_unwritable_dir_is_an_error_not_a_crash() {
-        let mut p = Positions::new("/proc/definitely/not/here".into(), vec![], Duration::ZERO);
+        let mut p = Positions::new(
+            "/proc/definitely/not/here".into(),
+            &store::Loaded::default(),
+            Duration::ZERO,
+        );
         let before = METRICS.positions_errors.get();
         p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
         p.save();

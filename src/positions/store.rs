@@ -56,6 +56,10 @@ pub enum State {
         /// down, and are read even without a position.
         saved_at: u64,
         files: Vec<FilePos>,
+        /// The journal's cursor; absent (and left out) when the journal is not read, so files
+        /// written before it existed read the same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        journal_cursor: Option<String>,
     },
 }
 
@@ -63,6 +67,7 @@ pub enum State {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub files: Vec<FilePos>,
+    pub journal_cursor: Option<String>,
     pub saved_at: Option<u64>,
     /// Set when a corrupt file was set aside: say so in the logs and metrics.
     pub set_aside: Option<PathBuf>,
@@ -97,19 +102,29 @@ fn loaded(state: State, set_aside: Option<PathBuf>) -> Loaded {
             set_aside,
             ..Loaded::default()
         },
-        State::V1 { saved_at, files } => Loaded {
+        State::V1 {
+            saved_at,
             files,
+            journal_cursor,
+        } => Loaded {
+            files,
+            journal_cursor,
             saved_at: Some(saved_at),
             set_aside,
         },
     }
 }
 
-/// Writes `files` atomically; on error the previous file is left as it was.
-pub fn save(dir: &Path, files: Vec<FilePos>) -> std::io::Result<()> {
+/// Writes the positions atomically; on error the previous file is left as it was.
+pub fn save(
+    dir: &Path,
+    files: Vec<FilePos>,
+    journal_cursor: Option<String>,
+) -> std::io::Result<()> {
     let state = State::V1 {
         saved_at: unix_now(),
         files,
+        journal_cursor,
     };
     let bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
@@ -150,6 +165,7 @@ mod tests {
         let state = State::V1 {
             saved_at: 1_732_528_800,
             files: vec![pos(7, 42)],
+            journal_cursor: None,
         };
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(
@@ -157,12 +173,21 @@ mod tests {
             r#"{"version":"1","saved_at":1732528800,"files":[{"path":"/var/log/pods/ns_p_u/c/7.log","dev":2049,"ino":7,"fp_len":1024,"fp_hash":16045690984503111693,"offset":42}]}"#
         );
         assert_eq!(serde_json::from_str::<State>(&text).unwrap(), state);
+        let with_cursor = State::V1 {
+            saved_at: 1,
+            files: vec![],
+            journal_cursor: Some("s=1;i=2".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&with_cursor).unwrap(),
+            r#"{"version":"1","saved_at":1,"files":[],"journal_cursor":"s=1;i=2"}"#
+        );
     }
 
     #[test]
     fn save_then_load() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), vec![pos(1, 10), pos(2, 20)]).unwrap();
+        save(dir.path(), vec![pos(1, 10), pos(2, 20)], None).unwrap();
         let l = load(dir.path()).unwrap();
         assert_eq!(l.files, vec![pos(1, 10), pos(2, 20)]);
         assert!(l.saved_at.is_some() && l.set_aside.is_none());
@@ -172,10 +197,11 @@ mod tests {
     #[test]
     fn a_complete_temp_file_wins_and_a_torn_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), vec![pos(1, 10)]).unwrap();
+        save(dir.path(), vec![pos(1, 10)], None).unwrap();
         let newer = State::V1 {
             saved_at: 1,
             files: vec![pos(1, 99)],
+            journal_cursor: None,
         };
         let tmp = dir.path().join("positions.json.tmp");
         fs::write(&tmp, serde_json::to_vec(&newer).unwrap()).unwrap();

@@ -156,6 +156,37 @@ impl Processor {
         );
     }
 
+    /// Appends a journal entry: `MESSAGE` as the line, SM `pid` and `syslog_identifier` when the
+    /// entry has them (any bytes; repaired like lines).
+    #[allow(clippy::too_many_arguments)]
+    pub fn journal_line(
+        &mut self,
+        chunk: &mut Chunk,
+        labels: u16,
+        ts_ns: i64,
+        message: &[u8],
+        pid: Option<&[u8]>,
+        ident: Option<&[u8]>,
+    ) {
+        let meta_start = chunk.meta.len() as u32;
+        for (key, value) in [(MetaKey::Pid, pid), (MetaKey::SyslogIdentifier, ident)] {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                let w = limits::push_line(&mut chunk.data, v, 1024);
+                chunk.meta.push((key, MetaVal::Span(w.span)));
+            }
+        }
+        push_entry_labeled(
+            &mut self.counts,
+            self.max_line,
+            chunk,
+            labels,
+            ts_ns,
+            message,
+            false,
+            meta_start,
+        );
+    }
+
     /// Appends a line that is not a CRI record (malformed), raw, with the time it was read.
     /// `truncated`: only its start is here.
     pub fn malformed_line(&mut self, chunk: &mut Chunk, read_ns: i64, raw: &[u8], truncated: bool) {
@@ -173,10 +204,27 @@ impl Processor {
     }
 }
 
+/// Appends one entry of label set 0 (a file's chunk has only that one).
 fn push_entry(
     counts: &mut LineCounts,
     max_line: usize,
     chunk: &mut Chunk,
+    ts_ns: i64,
+    line: &[u8],
+    truncated: bool,
+    meta_start: u32,
+) {
+    push_entry_labeled(
+        counts, max_line, chunk, 0, ts_ns, line, truncated, meta_start,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_entry_labeled(
+    counts: &mut LineCounts,
+    max_line: usize,
+    chunk: &mut Chunk,
+    labels: u16,
     ts_ns: i64,
     line: &[u8],
     truncated: bool,
@@ -192,6 +240,7 @@ fn push_entry(
             .push((MetaKey::Truncated, MetaVal::Static("true")));
     }
     chunk.entries.push(EntryRec {
+        labels,
         ts_ns,
         line: w.span,
         meta_start,

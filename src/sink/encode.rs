@@ -11,12 +11,22 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, Wi
 
 use crate::entry::{Chunk, EntryRec};
 
+/// One stream of a request: where its label set is, and its entries in order.
+struct StreamRefs {
+    /// (chunk, label index) of its label set.
+    labels: (usize, usize),
+    /// (chunk, entry) pairs.
+    entries: Vec<(u32, u32)>,
+}
+
 /// Reused state for encoding; one per writer.
 #[derive(Default)]
 pub struct Encoder {
-    /// Streams in order of first appearance: label text, and (chunk, entry) pairs in order.
-    streams: Vec<(usize, Vec<(u32, u32)>)>,
+    /// Streams in order of first appearance.
+    streams: Vec<StreamRefs>,
     by_labels: HashMap<String, usize>,
+    /// For the chunk being grouped: its label indexes' streams.
+    stream_of: Vec<usize>,
     entry_lens: Vec<u64>,
 }
 
@@ -84,20 +94,34 @@ impl Encoder {
             if chunk.entries.is_empty() {
                 continue;
             }
-            let text = chunk.labels.rendered();
-            let si = match self.by_labels.get(text) {
-                Some(&si) => si,
-                None => {
-                    self.by_labels.insert(text.to_string(), self.streams.len());
-                    self.streams.push((ci, Vec::new()));
-                    self.streams.len() - 1
+            // Streams are numbered in the order their first entry appears.
+            self.stream_of.clear();
+            self.stream_of.resize(chunk.labels.len(), usize::MAX);
+            for (ei, e) in chunk.entries.iter().enumerate() {
+                let li = usize::from(e.labels).min(chunk.labels.len() - 1);
+                if self.stream_of[li] == usize::MAX {
+                    let text = chunk.labels[li].rendered();
+                    self.stream_of[li] = match self.by_labels.get(text) {
+                        Some(&si) => si,
+                        None => {
+                            self.by_labels.insert(text.to_string(), self.streams.len());
+                            self.streams.push(StreamRefs {
+                                labels: (ci, li),
+                                entries: Vec::new(),
+                            });
+                            self.streams.len() - 1
+                        }
+                    };
                 }
-            };
-            let refs = &mut self.streams[si].1;
-            refs.extend((0..chunk.entries.len() as u32).map(|ei| (ci as u32, ei)));
+                self.streams[self.stream_of[li]]
+                    .entries
+                    .push((ci as u32, ei as u32));
+            }
         }
-        for (first, refs) in &self.streams {
-            let labels = chunks[*first].labels.rendered().as_bytes();
+        for stream in &self.streams {
+            let refs = &stream.entries;
+            let (ci, li) = stream.labels;
+            let labels = chunks[ci].labels[li].rendered().as_bytes();
             let mut stream_len = string_field(1, labels);
             for &(ci, ei) in refs {
                 let chunk = &chunks[ci as usize];
@@ -159,6 +183,7 @@ mod tests {
             }
             let line = c.push_valid(line);
             c.entries.push(EntryRec {
+                labels: 0,
                 ts_ns: *ts,
                 line,
                 meta_start,
@@ -226,6 +251,33 @@ mod tests {
         };
         assert_eq!(out, want.encode_to_vec());
         assert_eq!(PushRequest::decode(&out[..]).unwrap(), want);
+    }
+
+    #[test]
+    fn entries_of_one_chunk_with_several_label_sets_form_several_streams() {
+        let mut c = chunk("a", &[(1, "one", &[]), (2, "two", &[]), (3, "three", &[])]);
+        let b = LabelSet::new([("pod", "b".to_string())]);
+        let bi = c.label_index(&b);
+        assert_eq!(c.label_index(&b), bi, "interned");
+        c.entries[1].labels = bi;
+        let mut out = Vec::new();
+        Encoder::default().encode(&[c], &mut out);
+        let got = PushRequest::decode(&out[..]).unwrap();
+        let streams: Vec<(String, Vec<String>)> = got
+            .streams
+            .into_iter()
+            .map(|s| (s.labels, s.entries.into_iter().map(|e| e.line).collect()))
+            .collect();
+        assert_eq!(
+            streams,
+            vec![
+                (
+                    r#"{pod="a"}"#.to_string(),
+                    vec!["one".to_string(), "three".to_string()]
+                ),
+                (r#"{pod="b"}"#.to_string(), vec!["two".to_string()]),
+            ]
+        );
     }
 
     #[test]

@@ -9,21 +9,26 @@ use crate::timefmt::format_rfc3339_ns;
 /// Writes every entry of `chunks` to `out`, and flushes.
 pub fn write_chunks(chunks: &[Chunk], out: &mut impl Write) -> std::io::Result<()> {
     let mut line = String::with_capacity(512);
+    let mut labels: Vec<String> = Vec::new();
     for chunk in chunks {
-        let mut labels = String::from("{");
-        for (i, (k, v)) in chunk.labels.pairs().iter().enumerate() {
-            if i > 0 {
-                labels.push(',');
+        labels.clear();
+        for set in &chunk.labels {
+            let mut text = String::from("{");
+            for (i, (k, v)) in set.pairs().iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                push_json_str(&mut text, k);
+                text.push(':');
+                push_json_str(&mut text, v);
             }
-            push_json_str(&mut labels, k);
-            labels.push(':');
-            push_json_str(&mut labels, v);
+            text.push('}');
+            labels.push(text);
         }
-        labels.push('}');
         for e in &chunk.entries {
             line.clear();
             line.push_str("{\"labels\":");
-            line.push_str(&labels);
+            line.push_str(&labels[usize::from(e.labels).min(labels.len() - 1)]);
             line.push_str(",\"ts\":\"");
             format_rfc3339_ns(e.ts_ns, &mut line);
             line.push_str("\",\"line\":");
@@ -67,6 +72,7 @@ mod tests {
         let line = c.push_valid("hello \"x\"\n");
         c.meta.push((MetaKey::Stream, MetaVal::Static("stdout")));
         c.entries.push(EntryRec {
+            labels: 0,
             ts_ns: 1_732_528_800_123_400_000,
             line,
             meta_start: 0,
@@ -74,6 +80,7 @@ mod tests {
         });
         let line = c.push_valid("two");
         c.entries.push(EntryRec {
+            labels: 0,
             ts_ns: 0,
             line,
             meta_start: 1,

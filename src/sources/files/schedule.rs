@@ -353,6 +353,7 @@ impl Tailer {
             && chunk
                 .advance
                 .as_ref()
+                .and_then(|a| a.as_file())
                 .is_some_and(|a| a.kind == AdvanceKind::Continue && a.from == a.to)
         {
             self.ring.recycle(chunk);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::entry::{Advance, AdvanceKind, Chunk, FileKey, Fingerprint, LabelSet};
+use crate::entry::{Advance, AdvanceKind, Chunk, FileAdvance, FileKey, Fingerprint, LabelSet};
 use crate::process::Processor;
 use crate::sources::files::cri::{self, Partials};
 use crate::sources::files::Format;
@@ -234,14 +234,14 @@ impl Tail {
             self.sent_to
         };
         self.restart = false;
-        chunk.advance = Some(Advance {
+        chunk.advance = Some(Advance::File(FileAdvance {
             file: self.key,
             path: self.path.clone(),
             fingerprint: self.fingerprint,
             from,
             to: safe.max(from),
             kind,
-        });
+        }));
         self.sent_to = safe.max(from);
     }
 
@@ -284,7 +284,7 @@ mod tests {
         t.consume(data, false, &mut p, &mut c);
         assert_eq!(lines(&c), ["one", "err"]);
         let first_p = data.iter().position(|&b| b == b'\n').unwrap() as u64 + 1;
-        let a = c.advance.clone().unwrap();
+        let a = c.advance.clone().unwrap().as_file().cloned().unwrap();
         assert_eq!((a.from, a.to, a.kind), (0, first_p, AdvanceKind::Continue));
         // The unterminated tail is read again next time, completed.
         let tail_start = data.iter().rposition(|&b| b == b'\n').unwrap() as u64 + 1;
@@ -293,7 +293,7 @@ mod tests {
         let mut c2 = Chunk::new(t.labels.clone());
         t.consume(b"2024-11-25T10:00:03Z stdout F o\n", false, &mut p, &mut c2);
         assert_eq!(lines(&c2), ["two"]);
-        let a = c2.advance.unwrap();
+        let a = c2.advance.unwrap().as_file().cloned().unwrap();
         assert_eq!((a.from, a.to), (first_p, tail_start + 32));
         assert_eq!(c2.entries[0].ts_ns, 1_732_528_801_000_000_000);
     }
@@ -324,11 +324,14 @@ mod tests {
         let data = b"2024-11-25T10:00:00Z stdout P last words\n";
         t.consume(data, false, &mut p, &mut c);
         assert!(c.entries.is_empty() && t.has_pending());
-        assert_eq!(c.advance.unwrap().to, 0);
+        assert_eq!(c.advance.unwrap().as_file().unwrap().to, 0);
         let mut c2 = Chunk::new(t.labels.clone());
         assert_eq!(t.flush_partials(&mut p, &mut c2), 1);
         assert_eq!(lines(&c2), ["last words"]);
-        assert_eq!(c2.advance.unwrap().to, data.len() as u64);
+        assert_eq!(
+            c2.advance.unwrap().as_file().cloned().unwrap().to,
+            data.len() as u64
+        );
     }
 
     #[test]
@@ -338,7 +341,7 @@ mod tests {
         let mut c = Chunk::new(t.labels.clone());
         t.consume_rest(b"2024-11-25T10:00:00Z stderr F no newline", &mut p, &mut c);
         assert_eq!(lines(&c), ["no newline"]);
-        assert_eq!(c.advance.unwrap().to, 40);
+        assert_eq!(c.advance.unwrap().as_file().unwrap().to, 40);
     }
 
     #[test]
@@ -413,7 +416,7 @@ mod tests {
             &mut p,
             &mut c2,
         );
-        let a = c2.advance.unwrap();
+        let a = c2.advance.unwrap().as_file().cloned().unwrap();
         assert_eq!((a.from, a.to, a.kind), (0, 34, AdvanceKind::Restart));
     }
 }

@@ -80,6 +80,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (ring_tx, ring_rx) = ring(RING_CHUNKS);
     let mut positions = Positions::new(cfg.data_dir.clone(), &loaded, SAVE_EVERY);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    if cfg.logs.journal.enabled {
+        let (journal, node, cursor) = (
+            cfg.logs.journal.clone(),
+            cfg.node_name.clone(),
+            loaded.journal_cursor.clone(),
+        );
+        let (tx, stop, max_line) = (ring_tx.clone(), stop.clone(), cfg.loki.max_line_size.0);
+        threads.push(spawn("journal", None, move || {
+            crate::sources::journal::run(&journal, &node, cursor, max_line as usize, tx, &stop)
+        })?);
+    }
     let catalogs = catalogs(&cfg, Arc::new(NoMetadata));
     if !catalogs.is_empty() {
         let discovery = start_files(&cfg, catalogs, &ring_tx, &stop, loaded, &mut threads)?;
@@ -92,13 +103,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             move || discover_loop(discovery, &stop)
         })?);
     }
-    for (enabled, key) in [
-        (cfg.logs.events.enabled, "logs.events"),
-        (cfg.logs.journal.enabled, "logs.journal"),
-    ] {
-        if enabled {
-            log::warn!("{key} is enabled, but this build ships pod and RKE2 logs only; set {key}.enabled: false to silence this");
-        }
+    if cfg.logs.events.enabled {
+        log::warn!("logs.events is enabled, but this build ships pod, RKE2 and journal logs only; set logs.events.enabled: false to silence this");
     }
     let writer = sink::start(
         ring_rx,

@@ -3,3 +3,4 @@
 //! hears back from the sink.
 
 pub mod files;
+pub mod journal;

@@ -9,10 +9,12 @@
 //!   them, rotated exactly as kubelet rotates them, with a deterministic [`Clock`].
 //! - [`proc`]: [`Ringtail`], the `ringtail` binary run as a child process.
 //! - [`http`]: a small blocking HTTP/1.1 client (used for `/metrics` and by the self-tests).
+//! - [`journal`]: real journal files, written by `systemd-journal-remote` from the export format.
 #![allow(dead_code)]
 
 pub mod cri;
 pub mod http;
+pub mod journal;
 pub mod proc;
 pub mod receiver;
 

@@ -154,6 +154,31 @@ fn tail_consume(c: &mut Criterion) {
             black_box(chunk.entries.len());
         })
     });
+    // RKE2's daemon logs: klog (kubelet) and logrus (containerd) lines, half each.
+    let mut plain = Vec::with_capacity(BLOCK);
+    let mut i = 0u64;
+    while plain.len() + 200 < BLOCK {
+        let line = if i % 2 == 0 {
+            format!("I1125 10:00:{:02}.{:06}    1234 pod_workers.go:1298] \"Error syncing pod, skipping\" pod=\"ns/web-{i}\" err=\"back-off\"\n", i % 60, i % 1_000_000)
+        } else {
+            format!("time=\"2026-11-25T10:00:{:02}.{:09}Z\" level=info msg=\"shim disconnected\" id={i:016x} namespace=k8s.io\n", i % 60, i)
+        };
+        plain.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    g.throughput(Throughput::Bytes(plain.len() as u64));
+    g.bench_function("consume_128KiB_rke2_plain", |b| {
+        let mut tail = new_tail(1);
+        tail.format = ringtail::sources::files::Format::Plain;
+        let mut proc = Processor::new(JsonLine::Raw, MAX_LINE);
+        let mut chunk = Chunk::new(tail.labels.clone());
+        b.iter(|| {
+            chunk.reset(tail.labels.clone());
+            tail.consume(black_box(&plain), false, &mut proc, &mut chunk);
+            proc.end_chunk();
+            black_box(chunk.entries.len());
+        })
+    });
     g.finish();
 }
 

@@ -625,11 +625,11 @@ fn shipped_config_is_accepted_by_check_config_and_fits_the_daemonset() {
             "http://loki.loki.svc.cluster.local:3100/loki/api/v1/push",
             "{overlay}"
         );
-        // This build ships pod and RKE2 logs.
+        // This build ships pod, RKE2 and journal logs.
         for (source, on) in [
             ("pods", true),
             ("events", false),
-            ("journal", false),
+            ("journal", true),
             ("rke2", true),
         ] {
             assert_eq!(

@@ -78,14 +78,6 @@ impl World {
     }
 }
 
-/// What a test expects to arrive: labels, timestamp, line, metadata.
-type Expected = (
-    BTreeMap<String, String>,
-    i64,
-    String,
-    BTreeMap<String, String>,
-);
-
 fn labels(ns: &str, pod: &str, container: &str) -> BTreeMap<String, String> {
     [
         ("namespace", ns.to_string()),
@@ -100,45 +92,7 @@ fn labels(ns: &str, pod: &str, container: &str) -> BTreeMap<String, String> {
 }
 
 fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn got(rx: &LokiReceiver) -> Vec<Expected> {
-    rx.entries()
-        .into_iter()
-        .map(|e| (e.labels, e.ts_ns, e.line, e.metadata))
-        .collect()
-}
-
-/// Asserts the received entries are exactly `want` (as multisets), printing the difference.
-fn assert_exactly(rx: &LokiReceiver, want: &[Expected]) {
-    let mut got = got(rx);
-    let mut want = want.to_vec();
-    got.sort();
-    want.sort();
-    if got != want {
-        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
-        panic!(
-            "received {} entries, expected {}\nmissing (first 5): {missing:#?}\nunexpected (first 5): {extra:#?}",
-            got.len(),
-            want.len()
-        );
-    }
-}
-
-/// SIGTERM, and the exit 0 the contract promises within the deadline.
-fn stop(rt: &mut Ringtail) {
-    rt.sigterm();
-    let status = rt.wait_exit(Duration::from_secs(12));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        rt.logs()
-    );
+    map(pairs)
 }
 
 fn wait_entries(rx: &LokiReceiver, n: usize, rt: &Ringtail) {

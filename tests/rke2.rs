@@ -88,16 +88,6 @@ fn labels(kind: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn stop(rt: &mut Ringtail) {
-    rt.sigterm();
-    let status = rt.wait_exit(Duration::from_secs(12));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        rt.logs()
-    );
-}
-
 /// The current year, as ringtail gives it to klog lines.
 fn year() -> i64 {
     let now = support::cri::unix_now_ns();

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod cri;
+pub mod expect;
 pub mod http;
 pub mod journal;
 pub mod proc;
@@ -22,6 +23,8 @@ pub mod receiver;
 pub use cri::{
     format_rfc3339nano, parse_rfc3339nano, Clock, ContainerLog, PodDir, Stream, CRI_MAX_LINE,
 };
+#[allow(unused_imports)]
+pub use expect::{assert_exactly, got, map, stop, Expected};
 #[allow(unused_imports)]
 pub use proc::{
     bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, try_metrics,

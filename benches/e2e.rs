@@ -41,6 +41,9 @@ use ringtail::sink::proto::PushRequest;
 
 #[path = "common/gen.rs"]
 mod gen;
+#[path = "common/stats.rs"]
+mod stats;
+use stats::{median, spread};
 
 use gen::{Gen, KINDS};
 
@@ -619,25 +622,6 @@ fn snappy_alone(tree: &Tree) -> f64 {
 }
 
 // ---------------------------------------------------------------- report
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn spread(xs: &[f64]) -> String {
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let m = median(xs);
-    let p = if m.abs() >= 100.0 { 0 } else { 2 };
-    format!("{m:.p$} [{min:.p$}..{max:.p$}]")
-}
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");

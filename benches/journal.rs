@@ -20,6 +20,9 @@
 //! Figures are entries/s of wall time and of the thread's CPU time (one thread, so per core).
 //! Exits non-zero when an entry is missing.
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::spread;
 #[path = "../tests/support/journal.rs"]
 #[allow(dead_code)]
 mod journal_support;
@@ -355,23 +358,6 @@ fn reader(g: &Generated, encode: bool) -> Run {
         cpu: thread_cpu() - c,
         extra,
     }
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn spread(xs: &[f64]) -> String {
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.0} [{min:.0}..{max:.0}]", median(xs))
 }
 
 fn main() {

@@ -461,12 +461,7 @@ impl Reader {
         let after = self.proc.counts;
         self.read_lines.inc_by(after.lines - before.lines);
         self.read_bytes.inc_by(bytes);
-        METRICS
-            .lines_truncated
-            .inc_by(after.truncated - before.truncated);
-        METRICS
-            .lines_repaired
-            .inc_by(after.repaired - before.repaired);
+        METRICS.add_line_counts(before, after);
         result
     }
 

@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::process::LineCounts;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Why entries were dropped on purpose (Alloy's reason values, all pre-initialised to 0).
@@ -243,6 +245,15 @@ impl Metrics {
         self.file_events
             .get_or_create(&vec![("event", event.to_string())])
             .inc();
+    }
+
+    /// Adds what a processor counted between two snapshots (truncated, repaired, malformed).
+    pub fn add_line_counts(&self, before: LineCounts, after: LineCounts) {
+        self.lines_truncated
+            .inc_by(after.truncated - before.truncated);
+        self.lines_repaired.inc_by(after.repaired - before.repaired);
+        self.lines_malformed
+            .inc_by(after.malformed - before.malformed);
     }
 
     pub fn file_event_n(&self, event: &'static str, n: u64) {

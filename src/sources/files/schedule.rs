@@ -278,15 +278,7 @@ impl Tailer {
         let (read_bytes, read_lines) = &self.read[format as usize];
         read_bytes.inc_by(bytes as u64);
         read_lines.inc_by(after.lines - before.lines);
-        METRICS
-            .lines_truncated
-            .inc_by(after.truncated - before.truncated);
-        METRICS
-            .lines_repaired
-            .inc_by(after.repaired - before.repaired);
-        METRICS
-            .lines_malformed
-            .inc_by(after.malformed - before.malformed);
+        METRICS.add_line_counts(before, after);
     }
 
     /// A gone file whose last bytes have no newline: they are its last line.

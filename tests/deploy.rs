@@ -18,9 +18,10 @@ const NAMESPACE: &str = "ringtail";
 const CONFIG_PATH: &str = "/etc/ringtail/ringtail.yaml";
 
 /// The host paths and whether the container may write them (contract §5).
-const HOST_MOUNTS: [(&str, bool); 5] = [
+const HOST_MOUNTS: [(&str, bool); 6] = [
     ("/var/log/pods", false),
     ("/var/log/journal", false),
+    ("/run/log/journal", false),
     ("/var/lib/rancher/rke2/agent/logs", false),
     ("/var/lib/rancher/rke2/agent/containerd", false),
     ("/var/lib/ringtail", true),

@@ -506,7 +506,7 @@ fn a_cursor_older_than_max_age_starts_at_max_age_and_says_so() {
 }
 
 #[test]
-fn an_unusable_or_vacuumed_cursor_starts_at_max_age_and_says_why() {
+fn an_unusable_cursor_starts_at_max_age_and_a_vacuumed_one_at_the_next_entry() {
     let mut n = Node::new();
     let t0 = realtime_now_us() - 20 * MINUTE_US;
     let (a, mut want) = app_batch(t0, 10, "first");

@@ -144,7 +144,13 @@ fn klog_and_logrus_lines_with_levels_timestamps_and_labels() {
             Some(ns(&format!("{y}-11-25T10:00:01.000001Z"))),
             Some("warn"),
         ),
-        (&klog[2], "kubelet", None, None),
+        // No header: the previous line's time (a continuation line), not the read time.
+        (
+            &klog[2],
+            "kubelet",
+            Some(ns(&format!("{y}-11-25T10:00:01.000001Z"))),
+            None,
+        ),
         (
             &klog[3],
             "kubelet",
@@ -175,7 +181,12 @@ fn klog_and_logrus_lines_with_levels_timestamps_and_labels() {
             Some(ns("2026-11-25T10:00:02Z")),
             Some("error"),
         ),
-        (&logrus[3], "containerd", None, None),
+        (
+            &logrus[3],
+            "containerd",
+            Some(ns("2026-11-25T10:00:02Z")),
+            None,
+        ),
     ];
     assert_eq!(got.len(), want.len());
     let now = support::cri::unix_now_ns();

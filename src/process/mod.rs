@@ -138,8 +138,16 @@ impl Processor {
     }
 
     /// Appends a plain line (RKE2's kubelet.log and containerd.log): SM `level` and the
-    /// timestamp from its klog header or logrus fields, else the time it was read.
-    pub fn plain_line(&mut self, chunk: &mut Chunk, read_ns: i64, line: &[u8], truncated: bool) {
+    /// timestamp from its klog header or logrus fields, else `fallback_ns`. Returns the line's
+    /// own timestamp, if it has one.
+    pub fn plain_line(
+        &mut self,
+        chunk: &mut Chunk,
+        read_ns: i64,
+        fallback_ns: i64,
+        line: &[u8],
+        truncated: bool,
+    ) -> Option<i64> {
         let h = plain::header(line, read_ns);
         let meta_start = chunk.meta.len() as u32;
         if let Some(level) = h.level.and_then(|l| push_level(chunk, l)) {
@@ -149,11 +157,12 @@ impl Processor {
             &mut self.counts,
             self.max_line,
             chunk,
-            h.ts_ns.unwrap_or(read_ns),
+            h.ts_ns.unwrap_or(fallback_ns),
             line,
             truncated,
             meta_start,
         );
+        h.ts_ns
     }
 
     /// Appends a journal entry: `MESSAGE` as the line, SM `pid` and `syslog_identifier` when the

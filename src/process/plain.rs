@@ -2,11 +2,16 @@
 //! (kubelet: `I1125 10:00:00.123456    1234 file.go:42] msg`) and logrus fields (containerd:
 //! `time="2024-11-25T10:00:00.123456789Z" level=info msg="…"`).
 //!
-//! klog's header has no year; it is taken from the time the line is read, and moved one year
-//! back when that would put the line more than a day in the future (a December line read in
-//! January). klog writes the node's local time; RKE2 nodes run in UTC, which is assumed.
+//! klog's header has no year: the year that puts the line closest to the time it is read is
+//! taken (a December line read in January is last year's). klog writes the node's local time;
+//! RKE2 nodes run in UTC, which is assumed, and a time more than [`MAX_AHEAD_NS`] after the read
+//! is not trusted (a node east of UTC): the line then gets no timestamp of its own, rather than
+//! one Loki would reject as too new.
 
 use crate::timefmt::{days_from_civil, parse_rfc3339_ns};
+
+/// How far past the time of reading a line's own klog time may be (clock skew).
+const MAX_AHEAD_NS: i64 = 5 * 60 * 1_000_000_000;
 
 /// What a plain line says about itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,15 +58,14 @@ fn klog(line: &[u8], read_ns: i64) -> Option<Header<'static>> {
         secs * 1_000_000_000 + micros * 1000
     };
     // The estimate of the year can be off by one at a year boundary; pick the year that puts
-    // the line closest to the time it was read, not in the future.
+    // the line closest to the time it was read.
     let ts = [year_now + 1, year_now, year_now - 1]
         .into_iter()
         .map(at)
-        .filter(|&t| t <= read_ns + 86_400_000_000_000)
-        .max()?;
+        .min_by_key(|&t| (t - read_ns).unsigned_abs())?;
     Some(Header {
         level: Some(level),
-        ts_ns: Some(ts),
+        ts_ns: (ts <= read_ns + MAX_AHEAD_NS).then_some(ts),
     })
 }
 
@@ -133,6 +137,14 @@ mod tests {
         let read = ns("2027-01-01T00:00:10Z");
         let h = header(b"E1231 23:59:59.500000 1 x.go:1] late", read);
         assert_eq!(h.ts_ns, Some(ns("2026-12-31T23:59:59.5Z")));
+    }
+
+    #[test]
+    fn a_klog_time_ahead_of_the_read_is_not_trusted() {
+        // A node at UTC+2 writes 12:00 at 10:00 UTC.
+        let read = ns("2026-11-25T10:00:00Z");
+        let h = header(b"I1125 12:00:00.000000 1 x.go:1] local time", read);
+        assert_eq!((h.level, h.ts_ns), (Some(&b"info"[..]), None));
     }
 
     #[test]

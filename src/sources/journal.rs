@@ -404,10 +404,16 @@ impl Reader {
         match j.test_cursor(cursor) {
             Ok(true) => {}
             Ok(false) => {
-                return Err(format!(
-                    "the committed cursor's entry is no longer in the journal (rotated away or \
-                     vacuumed: {cursor})"
-                ))
+                // The cursor's entry was vacuumed, but the journal places a seek to it just
+                // before the first entry after where it was: resume there (seek again, so the
+                // next read is that entry) rather than re-send everything since now - max_age.
+                log::warn!(
+                    "logs.journal: the committed cursor's entry is no longer in the journal \
+                     (rotated away or vacuumed: {cursor}); resuming at the next entry still there"
+                );
+                j.seek_cursor(cursor)
+                    .map_err(|e| format!("the committed cursor {cursor:?} is not usable ({e})"))?;
+                return Ok(());
             }
             Err(e) => {
                 return Err(format!(
@@ -547,6 +553,9 @@ impl Labels {
     }
 
     fn get(&mut self, unit: &[u8], level: Option<u8>) -> &Arc<LabelSet> {
+        // The label is cut to MAX_UNIT_LEN anyway: so is the cache key, so that huge
+        // identifiers cannot grow the cache.
+        let unit = &unit[..unit.len().min(MAX_UNIT_LEN)];
         let slot = level.map_or(8, usize::from).min(8);
         let cached = self.by_unit.get(unit).and_then(|sets| sets[slot].as_ref());
         match cached {

@@ -135,25 +135,34 @@ impl Catalog {
         match self {
             Catalog::Pods { root, node, meta } => list(root, node, &**meta, index, out),
             Catalog::Fixed(files) => {
+                let mut all_listed = true;
                 for f in files.iter_mut() {
-                    list_fixed(f, index, out);
+                    all_listed &= list_fixed(f, index, out);
                 }
-                true
+                all_listed
             }
         }
     }
 }
 
 /// `containerd.log` and its backups `containerd-2024-11-25T10-00-00.000.log` (not `.gz`).
-fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) {
+/// False when the directory exists but cannot be listed (then its files are not taken for gone).
+fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
     let (Some(dir), Some(name)) = (f.path.parent(), f.path.file_name().and_then(|n| n.to_str()))
     else {
-        return;
+        return true;
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => {
             f.waiting = false;
             e
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            log::warn!(
+                "cannot list {}: {e}; retrying on the next scan",
+                dir.display()
+            );
+            return false;
         }
         Err(e) => {
             if !f.waiting {
@@ -164,7 +173,7 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) {
                     f.path.display()
                 );
             }
-            return;
+            return true;
         }
     };
     let (stem, ext) = name.rsplit_once('.').map_or((name, ""), |(s, e)| (s, e));
@@ -186,6 +195,7 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) {
             catalog: index,
         });
     }
+    true
 }
 
 /// Lists candidate files under `root`; false when `root` itself cannot be listed (then nothing

@@ -439,6 +439,9 @@ impl Tailer {
             .filter(|(i, t)| {
                 *i != except
                     && !picked.contains(i)
+                    // RKE2's two files are rotated by lumberjack, which compresses the backup at
+                    // once: closed, a rotated one could not be reopened to drain it.
+                    && t.format == Format::Cri
                     && t.file.is_some()
                     && t.life == Life::Live
                     && t.idle_rounds > 0

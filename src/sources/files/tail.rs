@@ -54,6 +54,10 @@ pub struct Tail {
     pub size_hint: Arc<AtomicU64>,
     /// Read errors in a row, for rate-limited logging and giving up on a draining file.
     pub errors: u32,
+    /// The timestamp of the last plain line that had one: a line without its own (a stack
+    /// trace, a continued value) takes it. The read time would put it far after its
+    /// neighbours, and Loki would then reject the rest of a backlog as too far behind.
+    last_ts: Option<i64>,
     /// When to read next; pushed back while the file is at its end.
     pub next_check: Instant,
     pub idle_rounds: u32,
@@ -86,6 +90,7 @@ impl Tail {
             discarding: false,
             size_hint,
             errors: 0,
+            last_ts: None,
             next_check: now,
             idle_rounds: 0,
             last_read: now,
@@ -149,7 +154,10 @@ impl Tail {
         chunk: &mut Chunk,
     ) {
         if self.format == Format::Plain {
-            proc.plain_line(chunk, read_ns, line, false);
+            let fallback = self.last_ts.unwrap_or(read_ns);
+            if let Some(ts) = proc.plain_line(chunk, read_ns, fallback, line, false) {
+                self.last_ts = Some(ts);
+            }
             return;
         }
         match cri::parse(line) {
@@ -202,7 +210,12 @@ impl Tail {
             if !self.discarding {
                 METRICS.file_event("overlong_record");
                 match (self.format, cri::parse(buf)) {
-                    (Format::Plain, _) => proc.plain_line(chunk, read_ns, buf, true),
+                    (Format::Plain, _) => {
+                        let fallback = self.last_ts.unwrap_or(read_ns);
+                        if let Some(ts) = proc.plain_line(chunk, read_ns, fallback, buf, true) {
+                            self.last_ts = Some(ts);
+                        }
+                    }
                     (Format::Cri, Some(rec)) => {
                         proc.pod_line(chunk, rec.ts_ns, rec.stream, rec.content, true)
                     }

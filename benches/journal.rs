@@ -34,7 +34,7 @@ use journal_support::{realtime_now_us, JournalDir, JournalEntry};
 use ringtail::entry::Chunk;
 use ringtail::sink::encode::Encoder;
 use ringtail::sources::journal::{Fill, Reader};
-use systemd::journal::OpenDirectoryOptions;
+use systemd::journal::{Journal, OpenDirectoryOptions};
 
 const UNITS: [(&str, &str, &str); 12] = [
     ("kubelet.service", "kubelet", "/usr/local/bin/kubelet"),
@@ -225,15 +225,21 @@ impl Run {
     }
 }
 
-/// The `systemd` crate alone: the same fields as the source, summed so nothing is optimised
-/// away.
-fn crate_alone(g: &Generated) -> Run {
-    let (t, c) = (Instant::now(), thread_cpu());
+/// The generated journal, opened the way both "crate alone" runs read it.
+fn open_at_head(g: &Generated) -> Journal {
     let mut j = OpenDirectoryOptions::default()
         .open_directory(g.dir.as_os_str().to_str().expect("utf-8 path"))
         .expect("open journal");
     j.set_data_threshold(256 << 10).expect("threshold");
     j.seek_head().expect("seek");
+    j
+}
+
+/// The `systemd` crate alone: the same fields as the source, summed so nothing is optimised
+/// away.
+fn crate_alone(g: &Generated) -> Run {
+    let (t, c) = (Instant::now(), thread_cpu());
+    let mut j = open_at_head(g);
     let mut n = 0u64;
     let mut sum = 0u64;
     while j.next().expect("next") > 0 {
@@ -263,11 +269,7 @@ fn crate_alone(g: &Generated) -> Run {
 /// The `systemd` crate alone, enumerating every field once and picking the same five.
 fn crate_enumerate(g: &Generated) -> Run {
     let (t, c) = (Instant::now(), thread_cpu());
-    let mut j = OpenDirectoryOptions::default()
-        .open_directory(g.dir.as_os_str().to_str().expect("utf-8 path"))
-        .expect("open journal");
-    j.set_data_threshold(256 << 10).expect("threshold");
-    j.seek_head().expect("seek");
+    let mut j = open_at_head(g);
     let mut n = 0u64;
     let mut sum = 0u64;
     while j.next().expect("next") > 0 {

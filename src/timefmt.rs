@@ -12,16 +12,7 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
     if s.len() < 20 {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let mut v = 0i64;
-        for &b in &s[r] {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + i64::from(b - b'0');
-        }
-        Some(v)
-    };
+    let num = |r: std::ops::Range<usize>| digits(&s[r]);
     if s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b't' | b' ') {
         return None;
     }
@@ -71,6 +62,13 @@ pub fn parse_rfc3339_ns(s: &[u8]) -> Option<i64> {
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// The value of a run of ASCII digits (a fixed-width timestamp field); `None` if any is not one.
+pub fn digits(s: &[u8]) -> Option<i64> {
+    s.iter().try_fold(0i64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+    })
 }
 
 /// Formats Unix nanoseconds as RFC3339Nano in UTC with `Z`, trailing zeros of the fraction

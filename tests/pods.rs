@@ -95,6 +95,19 @@ fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     map(pairs)
 }
 
+/// Writes `lines` to stdout of `log`, each expected with `labels` and `stream="stdout"`.
+fn write_tagged(
+    log: &mut ContainerLog,
+    labels: &BTreeMap<String, String>,
+    lines: impl Iterator<Item = String>,
+    want: &mut Vec<Expected>,
+) {
+    for line in lines {
+        let ts = log.write_line(Stream::Stdout, &line);
+        want.push((labels.clone(), ts, line, meta(&[("stream", "stdout")])));
+    }
+}
+
 fn wait_entries(rx: &LokiReceiver, n: usize, rt: &Ringtail) {
     if !rx.wait_for_entries(n, WAIT) {
         let mut by_tag: BTreeMap<String, usize> = BTreeMap::new();
@@ -307,11 +320,8 @@ fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
     let l = labels("ns", "busy", "c");
     let mut want: Vec<Expected> = Vec::new();
     let write = |log: &mut ContainerLog, n: usize, tag: &str, want: &mut Vec<Expected>| {
-        for i in 0..n {
-            let line = format!("{tag} {i} {}", "x".repeat(i % 200));
-            let ts = log.write_line(Stream::Stdout, &line);
-            want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
-        }
+        let lines = (0..n).map(|i| format!("{tag} {i} {}", "x".repeat(i % 200)));
+        write_tagged(log, &l, lines, want);
     };
     write(&mut log, 300, "before", &mut want);
     let mut rt = w.start("");
@@ -378,11 +388,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     let l = labels("ns", "p", "c");
     let mut want: Vec<Expected> = Vec::new();
     let write = |log: &mut ContainerLog, n: usize, tag: &str, want: &mut Vec<Expected>| {
-        for i in 0..n {
-            let line = format!("{tag} {i}");
-            let ts = log.write_line(Stream::Stdout, &line);
-            want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
-        }
+        write_tagged(log, &l, (0..n).map(|i| format!("{tag} {i}")), want);
     };
     write(&mut log, 500, "first", &mut want);
     let mut rt = w.start("");

@@ -248,12 +248,7 @@ pub fn tail(data: &[u8]) {
         expected_entries(first, full[0], false),
         "entries of the first read"
     );
-    let a1 = c1
-        .advance
-        .as_ref()
-        .and_then(|a| a.as_file())
-        .cloned()
-        .expect("consume sets a file advance");
+    let a1 = file_advance(&c1);
     assert_eq!((a1.file, a1.kind, a1.from), (key, AdvanceKind::Continue, 0));
     assert!(a1.to <= r1, "advance to {} past read_offset {r1}", a1.to);
     check_restart_point(body, a1.to, &cuts);
@@ -283,12 +278,7 @@ pub fn tail(data: &[u8]) {
         expected_entries(second, full[1], discarding),
         "entries of the second read"
     );
-    let a2 = c2
-        .advance
-        .as_ref()
-        .and_then(|a| a.as_file())
-        .cloned()
-        .expect("consume sets a file advance");
+    let a2 = file_advance(&c2);
     assert_eq!(a2.kind, AdvanceKind::Continue);
     assert_eq!(a2.from, a1.to, "advances must chain");
     assert!(a2.from <= a2.to, "advance goes backwards");
@@ -397,6 +387,15 @@ fn check_tail_chunk(c: &Chunk, max: usize) {
             }
         }
     }
+}
+
+/// The file advance `Tail::consume` sets on every chunk.
+fn file_advance(c: &Chunk) -> ringtail::entry::FileAdvance {
+    c.advance
+        .as_ref()
+        .and_then(|a| a.as_file())
+        .cloned()
+        .expect("consume sets a file advance")
 }
 
 fn span_bytes(c: &Chunk, s: ringtail::entry::Span) -> &[u8] {

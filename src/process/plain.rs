@@ -8,7 +8,15 @@
 //! is not trusted (a node east of UTC): the line then gets no timestamp of its own, rather than
 //! one Loki would reject as too new.
 
-use crate::timefmt::{days_from_civil, parse_rfc3339_ns};
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+use crate::timefmt::{days_from_civil, digits, parse_rfc3339_ns};
+
+/// Searchers for the logrus keys, built once (this runs per line).
+static TIME_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"time="));
+static LEVEL_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"level="));
 
 /// How far past the time of reading a line's own klog time may be (clock skew).
 const MAX_AHEAD_NS: i64 = 5 * 60 * 1_000_000_000;
@@ -42,11 +50,7 @@ fn klog(line: &[u8], read_ns: i64) -> Option<Header<'static>> {
         b'F' => b"critical",
         _ => return None,
     };
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        line[r].iter().try_fold(0i64, |acc, &b| {
-            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
-        })
-    };
+    let num = |r: std::ops::Range<usize>| digits(&line[r]);
     let (month, day) = (num(1..3)?, num(3..5)?);
     let (h, m, s, micros) = (num(6..8)?, num(9..11)?, num(12..14)?, num(15..21)?);
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
@@ -71,14 +75,14 @@ fn klog(line: &[u8], read_ns: i64) -> Option<Header<'static>> {
 
 fn logrus(line: &[u8]) -> Header<'_> {
     let mut h = Header::default();
-    if let Some(v) = field(line, b"time=") {
+    if let Some(v) = field(line, &TIME_KEY) {
         let v = v
             .strip_prefix(b"\"")
             .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(v);
         h.ts_ns = parse_rfc3339_ns(v);
     }
-    if let Some(v) = field(line, b"level=") {
+    if let Some(v) = field(line, &LEVEL_KEY) {
         h.level = Some(
             v.strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
@@ -90,12 +94,13 @@ fn logrus(line: &[u8]) -> Header<'_> {
 
 /// The value of `key` (which ends with `=`) at the start of the line or after a space: up to
 /// the next space, or the closing quote of a quoted value.
-fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+fn field<'a>(line: &'a [u8], key: &Finder<'static>) -> Option<&'a [u8]> {
+    let key_len = key.needle().len();
     let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&line[from..], key) {
+    while let Some(i) = key.find(&line[from..]) {
         let at = from + i;
         if at == 0 || line[at - 1] == b' ' {
-            let v = &line[at + key.len()..];
+            let v = &line[at + key_len..];
             let end = if v.first() == Some(&b'"') {
                 memchr::memchr(b'"', &v[1..]).map_or(v.len(), |e| e + 2)
             } else {
@@ -103,7 +108,7 @@ fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
             };
             return Some(&v[..end]);
         }
-        from = at + key.len();
+        from = at + key_len;
     }
     None
 }

@@ -104,6 +104,26 @@ pub struct Pods {
     pub path: PathBuf,
     pub read_from: ReadFrom,
     pub json: Json,
+    pub metadata: PodMeta,
+}
+
+/// How pod files wait for, and keep, their pods' API objects (`app`, `app_name`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodMeta {
+    /// How long a new pod's files wait for its API object before they are read without it.
+    pub wait: Dur,
+    /// How long a deleted pod's labels are kept, for the last lines of its files.
+    pub grace: Dur,
+}
+
+impl Default for PodMeta {
+    fn default() -> Self {
+        PodMeta {
+            wait: Dur(Duration::from_secs(2)),
+            grace: Dur(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// Where a file never seen before starts, when ringtail starts. Files that appear while it runs
@@ -272,6 +292,7 @@ impl Default for Pods {
             path: PathBuf::from("/var/log/pods"),
             read_from: ReadFrom::Beginning,
             json: Json::default(),
+            metadata: PodMeta::default(),
         }
     }
 }
@@ -436,6 +457,18 @@ impl Config {
             return fail(
                 "loki.max_line_size",
                 "must be between 1KiB and 64MiB; use Loki's own limit (256KiB by default)".into(),
+            );
+        }
+        if self.logs.pods.metadata.wait.0 > Duration::from_secs(60) {
+            return fail(
+                "logs.pods.metadata.wait",
+                "must be at most 1m, e.g. 2s: new files are not read while they wait".into(),
+            );
+        }
+        if self.logs.pods.metadata.grace.0 > Duration::from_secs(24 * 3600) {
+            return fail(
+                "logs.pods.metadata.grace",
+                "must be at most 24h, e.g. 60s".into(),
             );
         }
         if self.tail.max_open_files < 16 {

@@ -65,6 +65,10 @@ pub enum MetaKey {
     Truncated,
     Pid,
     SyslogIdentifier,
+    /// An Event's involved object.
+    Name,
+    Reason,
+    Node,
 }
 
 impl MetaKey {
@@ -76,6 +80,9 @@ impl MetaKey {
             MetaKey::Truncated => "truncated",
             MetaKey::Pid => "pid",
             MetaKey::SyslogIdentifier => "syslog_identifier",
+            MetaKey::Name => "name",
+            MetaKey::Reason => "reason",
+            MetaKey::Node => "node",
         }
     }
 }
@@ -157,13 +164,24 @@ pub enum Advance {
     Journal {
         cursor: String,
     },
+    /// The chunk's last Kubernetes Event (events are shipped in resourceVersion order).
+    Events(EventsPos),
+}
+
+/// Where Events shipping stands: the last shipped Event's resourceVersion and timestamp. Kept
+/// on the Lease (see [`crate::k8s::lease`]), so that the next holder resumes from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventsPos {
+    pub resource_version: String,
+    /// Unix nanoseconds.
+    pub ts_ns: i64,
 }
 
 impl Advance {
     pub fn as_file(&self) -> Option<&FileAdvance> {
         match self {
             Advance::File(a) => Some(a),
-            Advance::Journal { .. } => None,
+            Advance::Journal { .. } | Advance::Events(_) => None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod entry;
+pub mod k8s;
 pub mod metadata;
 pub mod positions;
 pub mod process;

@@ -1,6 +1,10 @@
 //! The seam through which pod labels that only the kube API knows (`app`, `app_name`) reach
-//! the pod-log labels. The kube issue fills it with a watch of this node's pods; until then
-//! [`NoMetadata`] leaves those labels out, as the contract allows (empty labels are dropped).
+//! the pod-log labels. [`crate::k8s::pods`] fills it with a watch of this node's pods; without a
+//! kube API, [`NoMetadata`] leaves those labels out, as the contract allows (empty labels are
+//! dropped).
+//!
+//! Discovery asks once per pod directory and scan, never a tailer: the hot path does not see
+//! this seam at all.
 
 /// Labels of a pod taken from its API object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -11,16 +15,27 @@ pub struct PodLabels {
     pub app_name: String,
 }
 
+/// What is known of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodLookup {
+    /// Its labels (possibly empty: a pod without `app` labels).
+    Found(PodLabels),
+    /// Not (yet) known: its API object may still arrive, so a new file may wait for it.
+    Pending,
+    /// There is no kube API: labels never come, and nothing waits for them.
+    Absent,
+}
+
 /// Looks up a pod by the UID in its log directory name (for static pods, the config hash).
 pub trait PodMetadata: Send + Sync {
-    fn pod_labels(&self, namespace: &str, pod: &str, uid: &str) -> Option<PodLabels>;
+    fn lookup(&self, uid: &str) -> PodLookup;
 }
 
 /// No kube API: no `app` or `app_name`.
 pub struct NoMetadata;
 
 impl PodMetadata for NoMetadata {
-    fn pod_labels(&self, _: &str, _: &str, _: &str) -> Option<PodLabels> {
-        None
+    fn lookup(&self, _: &str) -> PodLookup {
+        PodLookup::Absent
     }
 }

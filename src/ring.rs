@@ -10,12 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use crossbeam_queue::ArrayQueue;
 
 use crate::entry::{Chunk, LabelSet};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::METRICS;
+
+/// The writer has stopped.
+#[derive(Debug)]
+pub struct WriterGone;
 
 /// The tailers' end. Cloned once per source thread.
 pub struct RingTx {
@@ -118,6 +122,20 @@ impl RingTx {
             METRICS.ring_full_seconds.inc_by(t.elapsed().as_secs_f64());
         }
         sent
+    }
+
+    /// Sends without blocking, for a caller that waits on its own timer (the async events
+    /// shipper): `Ok(None)` when sent, `Ok(Some(chunk))` when the ring is full, `Err` when the
+    /// writer is gone (the chunk is kept for reuse).
+    pub fn try_send(&self, chunk: Chunk) -> Result<Option<Chunk>, WriterGone> {
+        match self.tx.try_send(chunk) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(c)) => Ok(Some(c)),
+            Err(TrySendError::Disconnected(c)) => {
+                self.recycle(c);
+                Err(WriterGone)
+            }
+        }
     }
 
     /// Tells the writer whether this source has more to read right now. When none has, the

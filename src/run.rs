@@ -14,7 +14,7 @@ use crate::ring::{ring, RingTx};
 use crate::shutdown::Stop;
 use crate::sink::loki::LokiClient;
 use crate::sink::{self, Output, Progress};
-use crate::sources::files::discover::{rke2_labels, Catalog, Discovery, FixedFile};
+use crate::sources::files::discover::{rke2_labels, Catalog, Discovery, FixedFile, PodTree};
 use crate::sources::files::io::BatchIo;
 use crate::sources::files::schedule::Tailer;
 use crate::telemetry::metrics::METRICS;
@@ -91,7 +91,29 @@ pub fn run(cfg: Config) -> Result<(), String> {
             crate::sources::journal::run(&journal, &node, cursor, max_line as usize, tx, &stop)
         })?);
     }
-    let catalogs = catalogs(&cfg, Arc::new(NoMetadata));
+    let kube = if cfg.logs.pods.enabled || cfg.logs.events.enabled {
+        let (acks_tx, acks_rx) = tokio::sync::watch::channel(None);
+        positions.on_events_ack(Box::new(move |p| {
+            acks_tx.send_replace(Some(p.clone()));
+        }));
+        Some(crate::k8s::start(
+            &cfg,
+            ring_tx.clone(),
+            acks_rx,
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
+    let meta: Arc<dyn PodMetadata> = match &kube {
+        Some(k) => {
+            // Files found at start get their labels at once when the API answers quickly.
+            k.pods.wait_synced(cfg.logs.pods.metadata.wait.0);
+            k.pods.clone()
+        }
+        None => Arc::new(NoMetadata),
+    };
+    let catalogs = catalogs(&cfg, meta);
     if !catalogs.is_empty() {
         let discovery = start_files(&cfg, catalogs, &ring_tx, &stop, loaded, &mut threads)?;
         if discovery.started() {
@@ -102,9 +124,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let stop = stop.clone();
             move || discover_loop(discovery, &stop)
         })?);
-    }
-    if cfg.logs.events.enabled {
-        log::warn!("logs.events is enabled, but this build ships pod, RKE2 and journal logs only; set logs.events.enabled: false to silence this");
     }
     let writer = sink::start(
         ring_rx,
@@ -133,6 +152,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for t in writer {
         let _ = t.join();
     }
+    if let Some(k) = kube {
+        k.finish();
+    }
     log::info!("stopped");
     Ok(())
 }
@@ -141,11 +163,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
 fn catalogs(cfg: &Config, meta: Arc<dyn PodMetadata>) -> Vec<Catalog> {
     let mut out = Vec::new();
     if cfg.logs.pods.enabled {
-        out.push(Catalog::Pods {
-            root: cfg.logs.pods.path.clone(),
-            node: cfg.node_name.clone(),
+        out.push(Catalog::Pods(PodTree::new(
+            cfg.logs.pods.path.clone(),
+            cfg.node_name.clone(),
             meta,
-        });
+            cfg.logs.pods.metadata.wait.0,
+        )));
     }
     if cfg.logs.rke2.enabled {
         let rke2 = &cfg.logs.rke2;

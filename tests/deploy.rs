@@ -296,7 +296,8 @@ fn daemonset_runs_the_contract_command_with_probes_env_and_scheduling() {
             "{overlay}"
         );
 
-        // The downward API: NODE_NAME (node_name) and POD_NAMESPACE (the events lease).
+        // The downward API: NODE_NAME (node_name), POD_NAMESPACE (the events Lease's namespace)
+        // and POD_NAME (its holder identity).
         let env: BTreeMap<&str, &Value> = seq_at(c, "env")
             .iter()
             .map(|e| (str_at(e, "name"), e))
@@ -309,6 +310,11 @@ fn daemonset_runs_the_contract_command_with_probes_env_and_scheduling() {
         assert_eq!(
             str_at(env["POD_NAMESPACE"], "valueFrom.fieldRef.fieldPath"),
             "metadata.namespace",
+            "{overlay}"
+        );
+        assert_eq!(
+            str_at(env["POD_NAME"], "valueFrom.fieldRef.fieldPath"),
+            "metadata.name",
             "{overlay}"
         );
 
@@ -626,10 +632,10 @@ fn shipped_config_is_accepted_by_check_config_and_fits_the_daemonset() {
             "http://loki.loki.svc.cluster.local:3100/loki/api/v1/push",
             "{overlay}"
         );
-        // This build ships pod, RKE2 and journal logs.
+        // Every source is on, as in the seed.
         for (source, on) in [
             ("pods", true),
-            ("events", false),
+            ("events", true),
             ("journal", true),
             ("rke2", true),
         ] {

@@ -4,9 +4,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
+use serde_json::{json, Value};
 use support::cri::{gunzip, parse_cri, rotation_suffix};
 use support::http::{self, HttpConn};
 use support::*;
@@ -572,4 +575,1073 @@ fn metrics_helpers_parse_prometheus_text() {
     );
     assert!(yaml.contains("listen: 127.0.0.1:9999"));
     assert!(bin_path().ends_with("ringtail"));
+}
+
+// ---- FakeKubeApi ----
+
+/// `GET path` on a fresh connection; the status and the JSON body.
+fn kube_get(api: &FakeKubeApi, path: &str) -> (u16, Value) {
+    kube_send(api, "GET", path, None, &Value::Null)
+}
+
+/// `method path` with `body` as JSON (none when null) on a fresh connection; the status and the
+/// JSON body, which must be `application/json` whatever the status.
+fn kube_send(
+    api: &FakeKubeApi,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut headers = vec![("Accept", "application/json")];
+    headers.extend(content_type.map(|ct| ("Content-Type", ct)));
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let resp = http::request(api.addr(), method, path, &headers, &body).unwrap();
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/json"),
+        "{method} {path}"
+    );
+    let json = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", resp.text()));
+    (resp.status, json)
+}
+
+/// A failure `Status` as the API server writes it.
+fn kube_status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
+    let mut s = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    });
+    if let Some(d) = details {
+        s["details"] = d;
+    }
+    s
+}
+
+/// `namespace/name` of every item of a list.
+fn item_keys(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {list}"))
+        .iter()
+        .map(|i| {
+            format!("{}/{}", i["metadata"]["namespace"], i["metadata"]["name"]).replace('"', "")
+        })
+        .collect()
+}
+
+/// (type, name, resourceVersion) of a watch event.
+fn summary(ev: &Value) -> (String, String, String) {
+    let meta = &ev["object"]["metadata"];
+    (
+        ev["type"].as_str().unwrap_or("").to_string(),
+        meta["name"].as_str().unwrap_or("").to_string(),
+        meta["resourceVersion"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn sum(kind: &str, name: &str, rv: &str) -> (String, String, String) {
+    (kind.to_string(), name.to_string(), rv.to_string())
+}
+
+/// Asserts `ts` is an RFC 3339 UTC time in whole seconds, within the last minute.
+fn assert_recent(ts: &Value) {
+    let s = ts.as_str().unwrap_or_else(|| panic!("not a string: {ts}"));
+    assert!(s.ends_with('Z') && !s.contains('.'), "{s}");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let age = i64::try_from(now.as_nanos()).unwrap() - parse_rfc3339nano(s).unwrap();
+    assert!((0..60_000_000_000).contains(&age), "{s}");
+}
+
+/// A watch request on its own connection, read one chunk (one event) at a time as the server
+/// flushes them; http.rs's client would wait for the end of the body.
+struct WatchStream {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl WatchStream {
+    /// Sends `GET path` and reads the response head.
+    fn open(api: &FakeKubeApi, path: &str) -> (u16, BTreeMap<String, String>, WatchStream) {
+        let stream = TcpStream::connect(api.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut w = WatchStream {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        w.send(path);
+        let line = http::read_head_line(&mut w.reader).unwrap().unwrap();
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = http::read_headers(&mut w.reader).unwrap();
+        (status, headers, w)
+    }
+
+    fn send(&mut self, path: &str) {
+        let addr = self.writer.peer_addr().unwrap();
+        write!(
+            self.writer,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
+        )
+        .unwrap();
+    }
+
+    /// The next event; `None` at the end of the stream (the zero-length chunk).
+    fn next(&mut self) -> Option<Value> {
+        let size_line = http::read_head_line(&mut self.reader)
+            .unwrap()
+            .expect("EOF inside a watch stream");
+        let size = usize::from_str_radix(&size_line, 16).unwrap();
+        let data = http::read_exact_vec(&mut self.reader, size).unwrap();
+        assert_eq!(
+            http::read_head_line(&mut self.reader).unwrap().as_deref(),
+            Some("")
+        );
+        if size == 0 {
+            return None;
+        }
+        let line = String::from_utf8(data).unwrap();
+        assert_eq!(line.find('\n'), Some(line.len() - 1), "one event per chunk");
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    /// The next event that is not a BOOKMARK.
+    fn next_change(&mut self) -> Option<Value> {
+        loop {
+            let ev = self.next()?;
+            if ev["type"] != "BOOKMARK" {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// Another request on the same connection (after the stream has ended).
+    fn request(&mut self, path: &str) -> http::HttpResponse {
+        self.send(path);
+        http::read_response(&mut self.reader, false).unwrap()
+    }
+
+    fn closed_by_peer(&mut self) -> bool {
+        matches!(self.reader.fill_buf(), Ok([]))
+    }
+}
+
+/// The first page kube-runtime 5's watcher asks for (`watcher::Config::default()` with
+/// `.fields("spec.nodeName=node-a")`).
+const WATCHER_LIST: &str = "/api/v1/pods?&fieldSelector=spec.nodeName%3Dnode-a&limit=500";
+
+/// kube-runtime 5's watch after that list, from revision `rv`.
+fn watcher_watch(rv: &str) -> String {
+    format!(
+        "/api/v1/pods?&watch=true&timeoutSeconds=290&fieldSelector=spec.nodeName%3Dnode-a\
+         &allowWatchBookmarks=true&resourceVersion={rv}"
+    )
+}
+
+#[test]
+fn kubeapi_lists_pods_by_field_and_label_selectors() {
+    let api = FakeKubeApi::start();
+    assert_eq!(api.url(), format!("http://127.0.0.1:{}", api.port()));
+    let web = FakeKubeApi::pod(
+        "default",
+        "web-0",
+        "uid-web-0",
+        "node-a",
+        &[("app", "web")],
+        &[("note", "x")],
+    );
+    assert_eq!(api.put_pod(web.clone()), "1");
+    let proxy = FakeKubeApi::pod(
+        "kube-system",
+        "proxy",
+        "uid-p",
+        "node-a",
+        &[("app", "px")],
+        &[],
+    );
+    assert_eq!(api.put_pod(proxy), "2");
+    let db = FakeKubeApi::pod(
+        "default",
+        "db-0",
+        "uid-db-0",
+        "node-b",
+        &[("app", "db")],
+        &[],
+    );
+    assert_eq!(api.put_pod(db), "3");
+    let pending = FakeKubeApi::pod("default", "pending", "uid-pending", "", &[], &[]);
+    assert_eq!(
+        pending,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "pending", "namespace": "default", "uid": "uid-pending"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Pending"},
+        })
+    );
+    assert_eq!(api.put_pod(pending), "4");
+
+    let (code, list) = kube_get(&api, WATCHER_LIST);
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["apiVersion"], "v1");
+    assert_eq!(list["metadata"], json!({"resourceVersion": "4"}));
+    assert_eq!(item_keys(&list), ["default/web-0", "kube-system/proxy"]);
+    let created = &list["items"][0]["metadata"]["creationTimestamp"];
+    assert_recent(created);
+    let mut want = web;
+    want["metadata"]["resourceVersion"] = json!("1");
+    want["metadata"]["creationTimestamp"] = created.clone();
+    assert_eq!(
+        want,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web-0",
+                "namespace": "default",
+                "uid": "uid-web-0",
+                "labels": {"app": "web"},
+                "annotations": {"note": "x"},
+                "resourceVersion": "1",
+                "creationTimestamp": created,
+            },
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running"},
+        })
+    );
+    assert_eq!(list["items"][0], want);
+    assert_eq!(api.pod_object("default", "web-0"), want);
+    assert_eq!(
+        kube_get(&api, "/api/v1/namespaces/default/pods/web-0"),
+        (200, want)
+    );
+
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "/api/v1/namespaces/default/pods",
+            &["default/db-0", "default/pending", "default/web-0"],
+        ),
+        (
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a%2Cmetadata.name%3Dproxy",
+            &["kube-system/proxy"],
+        ),
+        (
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D",
+            &["default/pending"],
+        ),
+        (
+            "/api/v1/pods?fieldSelector=spec.nodeName!%3Dnode-a",
+            &["default/db-0", "default/pending"],
+        ),
+        (
+            "/api/v1/pods?fieldSelector=&labelSelector=",
+            &[
+                "default/db-0",
+                "default/pending",
+                "default/web-0",
+                "kube-system/proxy",
+            ],
+        ),
+        (
+            "/api/v1/pods?labelSelector=app+in+%28web%2Cdb%29",
+            &["default/db-0", "default/web-0"],
+        ),
+        (
+            "/api/v1/pods?labelSelector=app%2Capp!%3Dweb",
+            &["default/db-0", "kube-system/proxy"],
+        ),
+        ("/api/v1/pods?labelSelector=!app", &["default/pending"]),
+        (
+            "/api/v1/pods?labelSelector=app+notin+(web,px)",
+            &["default/db-0", "default/pending"],
+        ),
+        (
+            "/api/v1/namespaces/default/pods?labelSelector=app%3D%3Dweb&resourceVersion=0\
+             &resourceVersionMatch=NotOlderThan",
+            &["default/web-0"],
+        ),
+        ("/api/v1/namespaces/other/pods", &[]),
+    ];
+    for (path, want) in cases {
+        let (code, list) = kube_get(&api, path);
+        assert_eq!(code, 200, "{path}: {list}");
+        assert_eq!(item_keys(&list), *want, "{path}");
+        assert_eq!(list["metadata"], json!({"resourceVersion": "4"}), "{path}");
+    }
+
+    assert_eq!(
+        kube_get(&api, "/api/v1/pods?fieldSelector=spec.hostname%3Dx"),
+        (
+            400,
+            kube_status(
+                400,
+                "BadRequest",
+                "field label not supported: spec.hostname",
+                None
+            )
+        )
+    );
+    assert_eq!(
+        kube_get(&api, "/api/v1/namespaces/default/pods/nope"),
+        (
+            404,
+            kube_status(
+                404,
+                "NotFound",
+                "pods \"nope\" not found",
+                Some(json!({"name": "nope", "kind": "pods"}))
+            )
+        )
+    );
+    assert_eq!(
+        kube_get(&api, "/api/v1/nodes"),
+        (
+            404,
+            kube_status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+                None
+            )
+        )
+    );
+    let requests = api.requests();
+    assert_eq!(requests.len(), 2 + cases.len() + 3);
+    assert_eq!(requests[0], format!("GET {WATCHER_LIST}"));
+    assert_eq!(requests[1], "GET /api/v1/namespaces/default/pods/web-0");
+    assert_eq!(requests[requests.len() - 1], "GET /api/v1/nodes");
+}
+
+#[test]
+fn kubeapi_pages_a_consistent_snapshot_with_limit_and_continue() {
+    let api = FakeKubeApi::start();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let pod = FakeKubeApi::pod("default", name, name, "node-a", &[], &[]);
+        assert_eq!(api.put_pod(pod), (i + 1).to_string());
+    }
+    let (code, page1) = kube_get(&api, "/api/v1/pods?&limit=1");
+    assert_eq!(code, 200, "{page1}");
+    assert_eq!(item_keys(&page1), ["default/a"]);
+    let token1 = page1["metadata"]["continue"].as_str().unwrap().to_string();
+    assert_eq!(
+        page1["metadata"],
+        json!({"resourceVersion": "3", "continue": token1, "remainingItemCount": 2})
+    );
+    // The API server's token: unpadded base64url.
+    assert!(token1
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+
+    // Changes between pages do not show: the whole list is at revision 3.
+    api.delete_pod("default", "b");
+    assert_eq!(
+        api.put_pod(FakeKubeApi::pod("default", "d", "d", "node-a", &[], &[])),
+        "5"
+    );
+    let (code, page2) = kube_get(&api, &format!("/api/v1/pods?&limit=1&continue={token1}"));
+    assert_eq!(code, 200, "{page2}");
+    assert_eq!(item_keys(&page2), ["default/b"]);
+    assert_eq!(page2["items"][0]["metadata"]["resourceVersion"], "2");
+    let token2 = page2["metadata"]["continue"].as_str().unwrap().to_string();
+    assert_eq!(
+        page2["metadata"],
+        json!({"resourceVersion": "3", "continue": token2, "remainingItemCount": 1})
+    );
+    let (code, page3) = kube_get(&api, &format!("/api/v1/pods?&limit=500&continue={token2}"));
+    assert_eq!(code, 200, "{page3}");
+    assert_eq!(item_keys(&page3), ["default/c"]);
+    assert_eq!(page3["metadata"], json!({"resourceVersion": "3"}));
+
+    // With a selector the server cannot count what remains.
+    let (_, sel) = kube_get(
+        &api,
+        "/api/v1/pods?&fieldSelector=spec.nodeName%3Dnode-a&limit=2",
+    );
+    assert_eq!(item_keys(&sel), ["default/a", "default/c"]);
+    let token = sel["metadata"]["continue"].as_str().unwrap();
+    assert_eq!(
+        sel["metadata"],
+        json!({"resourceVersion": "5", "continue": token})
+    );
+
+    // Once revision 3 is compacted, its tokens are 410 Expired.
+    api.expire_history();
+    assert_eq!(
+        kube_get(&api, &format!("/api/v1/pods?&limit=1&continue={token2}")),
+        (
+            410,
+            kube_status(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list \
+                 result. You can start a new list without the continue parameter, or use the \
+                 continue token in this response to retrieve the remainder of the results. \
+                 Continuing with the provided token results in an inconsistent list - objects \
+                 that were created, modified, or deleted between the time the first chunk was \
+                 returned and now may show up in the list.",
+                None
+            )
+        )
+    );
+    let (code, fresh) = kube_get(&api, "/api/v1/pods?&limit=500");
+    assert_eq!(code, 200);
+    assert_eq!(item_keys(&fresh), ["default/a", "default/c", "default/d"]);
+    assert_eq!(fresh["metadata"], json!({"resourceVersion": "5"}));
+    assert_eq!(
+        kube_get(&api, "/api/v1/pods?limit=1&continue=garbage")
+            .1
+            .get("reason"),
+        Some(&json!("BadRequest"))
+    );
+}
+
+#[test]
+fn kubeapi_watch_from_the_list_revision_streams_changes_in_order() {
+    let api = FakeKubeApi::start();
+    let pod = |name: &str, node: &str, app: &str| {
+        FakeKubeApi::pod(
+            "default",
+            name,
+            &format!("uid-{name}"),
+            node,
+            &[("app", app)],
+            &[],
+        )
+    };
+    api.put_pod(pod("web-0", "node-a", "web"));
+    api.put_pod(pod("other", "node-b", "web"));
+    let (_, list) = kube_get(&api, WATCHER_LIST);
+    assert_eq!(list["metadata"]["resourceVersion"], "2");
+
+    let opened = Instant::now();
+    let (code, headers, mut w) = WatchStream::open(&api, &watcher_watch("2"));
+    assert_eq!(code, 200);
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(
+        headers.get("transfer-encoding").map(String::as_str),
+        Some("chunked")
+    );
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 1));
+
+    assert_eq!(api.put_pod(pod("web-1", "node-a", "web")), "3");
+    assert_eq!(api.put_pod(pod("web-0", "node-a", "web2")), "4");
+    assert_eq!(api.put_pod(pod("other-2", "node-b", "web")), "5");
+    api.delete_pod("default", "web-1");
+    // Unscheduled, then bound to node-a: it enters the selection.
+    assert_eq!(api.put_pod(pod("late", "", "web")), "7");
+    assert_eq!(api.put_pod(pod("late", "node-a", "web")), "8");
+
+    let first = w.next().unwrap();
+    assert_eq!(summary(&first), sum("ADDED", "web-1", "3"));
+    let mut want = pod("web-1", "node-a", "web");
+    want["metadata"]["resourceVersion"] = json!("3");
+    want["metadata"]["creationTimestamp"] =
+        first["object"]["metadata"]["creationTimestamp"].clone();
+    assert_recent(&want["metadata"]["creationTimestamp"]);
+    assert_eq!(first, json!({"type": "ADDED", "object": want}));
+    assert_eq!(summary(&w.next().unwrap()), sum("MODIFIED", "web-0", "4"));
+    let deleted = w.next().unwrap();
+    want["metadata"]["resourceVersion"] = json!("6");
+    assert_eq!(deleted, json!({"type": "DELETED", "object": want}));
+    assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "late", "8"));
+
+    // Then, with nothing more to say, a bookmark at the current revision about once a second.
+    assert_eq!(
+        w.next().unwrap(),
+        json!({
+            "type": "BOOKMARK",
+            "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "8"}},
+        })
+    );
+    let took = opened.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+        "{took:?}"
+    );
+    assert_eq!(api.put_pod(pod("web-2", "node-a", "web")), "9");
+    assert_eq!(
+        summary(&w.next_change().unwrap()),
+        sum("ADDED", "web-2", "9")
+    );
+
+    // close_watches ends the stream cleanly; the connection then serves another request.
+    api.close_watches();
+    assert_eq!(w.next_change(), None);
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 0));
+    let resp = w.request("/api/v1/namespaces/default/pods/late");
+    assert_eq!(resp.status, 200);
+    let late: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(late["metadata"]["resourceVersion"], "8");
+    assert_eq!(
+        api.requests(),
+        vec![
+            format!("GET {WATCHER_LIST}"),
+            format!("GET {}", watcher_watch("2")),
+            "GET /api/v1/namespaces/default/pods/late".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn kubeapi_watch_from_zero_starts_with_the_current_state() {
+    let api = FakeKubeApi::start();
+    for (name, app) in [("a", "web"), ("b", "db"), ("c", "web")] {
+        api.put_pod(FakeKubeApi::pod(
+            "default",
+            name,
+            name,
+            "node-a",
+            &[("app", app)],
+            &[],
+        ));
+    }
+    api.put_pod(FakeKubeApi::pod(
+        "other",
+        "d",
+        "d",
+        "node-a",
+        &[("app", "web")],
+        &[],
+    ));
+    for rv in ["", "&resourceVersion=0"] {
+        let path = format!("/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb{rv}");
+        let (code, _, mut w) = WatchStream::open(&api, &path);
+        assert_eq!(code, 200);
+        assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "a", "1"));
+        assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "c", "3"));
+    }
+
+    // Leaving the selection is a DELETED of the last state that matched, at the new revision;
+    // entering it an ADDED. No bookmarks unless asked for; timeoutSeconds ends the stream.
+    let opened = Instant::now();
+    let (_, _, mut w) = WatchStream::open(
+        &api,
+        "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=1",
+    );
+    assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "a", "1"));
+    assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "c", "3"));
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 1));
+    let a_web = FakeKubeApi::pod("default", "a", "a", "node-a", &[("app", "web")], &[]);
+    let mut a_db = a_web.clone();
+    a_db["metadata"]["labels"]["app"] = json!("db");
+    assert_eq!(api.put_pod(a_db), "5");
+    assert_eq!(
+        api.put_pod(FakeKubeApi::pod(
+            "default",
+            "b",
+            "b",
+            "node-a",
+            &[("app", "web")],
+            &[]
+        )),
+        "6"
+    );
+    let gone = w.next().unwrap();
+    let mut want = a_web;
+    want["metadata"]["resourceVersion"] = json!("5");
+    want["metadata"]["creationTimestamp"] = gone["object"]["metadata"]["creationTimestamp"].clone();
+    assert_eq!(gone, json!({"type": "DELETED", "object": want}));
+    assert_eq!(summary(&w.next().unwrap()), sum("ADDED", "b", "6"));
+    assert_eq!(w.next(), None);
+    let took = opened.elapsed();
+    assert!(
+        (Duration::from_secs(1)..Duration::from_secs(3)).contains(&took),
+        "{took:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 0));
+}
+
+#[test]
+fn kubeapi_watch_from_a_compacted_revision_gets_410_in_stream() {
+    let api = FakeKubeApi::start();
+    let pod = |name: &str| FakeKubeApi::pod("default", name, name, "node-a", &[], &[]);
+    api.put_pod(pod("a"));
+    api.put_pod(pod("b"));
+    let (_, _, mut w) = WatchStream::open(&api, &watcher_watch("2"));
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 1));
+    assert_eq!(api.put_pod(pod("c")), "3");
+    assert_eq!(summary(&w.next_change().unwrap()), sum("ADDED", "c", "3"));
+
+    // Compaction ends open streams; resuming from before it is an in-stream 410.
+    api.expire_history();
+    assert_eq!(w.next_change(), None);
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 0));
+    let (code, headers, mut w) = WatchStream::open(&api, &watcher_watch("2"));
+    assert_eq!(code, 200);
+    assert_eq!(
+        headers.get("transfer-encoding").map(String::as_str),
+        Some("chunked")
+    );
+    assert_eq!(
+        w.next(),
+        Some(json!({
+            "type": "ERROR",
+            "object": kube_status(410, "Expired", "too old resource version: 2 (3)", None),
+        }))
+    );
+    assert_eq!(w.next(), None);
+
+    // From the compaction point on, it works.
+    let (_, _, mut w) = WatchStream::open(&api, &watcher_watch("3"));
+    assert_eq!(api.put_pod(pod("d")), "4");
+    assert_eq!(summary(&w.next_change().unwrap()), sum("ADDED", "d", "4"));
+
+    // Exact lists are served from the history, and are 410 (HTTP) before the compaction point.
+    let (code, at3) = kube_get(
+        &api,
+        "/api/v1/pods?resourceVersion=3&resourceVersionMatch=Exact",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(item_keys(&at3), ["default/a", "default/b", "default/c"]);
+    assert_eq!(at3["metadata"], json!({"resourceVersion": "3"}));
+    assert_eq!(
+        kube_get(
+            &api,
+            "/api/v1/pods?resourceVersion=1&resourceVersionMatch=Exact"
+        ),
+        (
+            410,
+            kube_status(410, "Expired", "too old resource version: 1 (3)", None)
+        )
+    );
+    assert_eq!(
+        kube_get(&api, "/api/v1/pods?watch=true&resourceVersion=x"),
+        (
+            400,
+            kube_status(400, "BadRequest", "invalid resource version: \"x\"", None)
+        )
+    );
+}
+
+#[test]
+fn kubeapi_leases_use_optimistic_concurrency() {
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+    const MERGE: Option<&str> = Some("application/merge-patch+json");
+    const JSON: Option<&str> = Some("application/json");
+    let api = FakeKubeApi::start();
+    let one = format!("{LEASES}/ringtail-node-a");
+    let details =
+        json!({"name": "ringtail-node-a", "group": "coordination.k8s.io", "kind": "leases"});
+    let conflict = kube_status(
+        409,
+        "Conflict",
+        "Operation cannot be fulfilled on leases.coordination.k8s.io \"ringtail-node-a\": the \
+         object has been modified; please apply your changes to the latest version and try again",
+        Some(details.clone()),
+    );
+    assert_eq!(
+        kube_get(&api, &one),
+        (
+            404,
+            kube_status(
+                404,
+                "NotFound",
+                "leases.coordination.k8s.io \"ringtail-node-a\" not found",
+                Some(details.clone())
+            )
+        )
+    );
+
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "ringtail-node-a", "namespace": "kube-system"},
+        "spec": {
+            "holderIdentity": "node-a",
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2024-01-01T00:00:00.000000Z",
+            "renewTime": "2024-01-01T00:00:00.000000Z",
+            "leaseTransitions": 0,
+        },
+    });
+    let (code, created) = kube_send(&api, "POST", LEASES, JSON, &lease);
+    assert_eq!(code, 201, "{created}");
+    assert_recent(&created["metadata"]["creationTimestamp"]);
+    let mut want = lease.clone();
+    want["metadata"]["resourceVersion"] = json!("1");
+    want["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000001");
+    want["metadata"]["creationTimestamp"] = created["metadata"]["creationTimestamp"].clone();
+    assert_eq!(created, want);
+    assert_eq!(
+        api.lease("kube-system", "ringtail-node-a"),
+        Some(want.clone())
+    );
+    assert_eq!(kube_get(&api, &one), (200, want.clone()));
+    assert_eq!(
+        kube_send(&api, "POST", LEASES, JSON, &lease),
+        (
+            409,
+            kube_status(
+                409,
+                "AlreadyExists",
+                "leases.coordination.k8s.io \"ringtail-node-a\" already exists",
+                Some(details.clone())
+            )
+        )
+    );
+
+    // Another holder takes it (revision 2): a renewal from revision 1 conflicts, and so does
+    // one without a revision (leases allow no unconditional update).
+    let mut theirs = want.clone();
+    theirs["spec"]["holderIdentity"] = json!("node-b");
+    api.put_lease_raw(theirs);
+    let mut renew = want.clone();
+    renew["spec"]["renewTime"] = json!("2024-01-01T00:00:05.000000Z");
+    assert_eq!(
+        kube_send(&api, "PUT", &one, JSON, &renew),
+        (409, conflict.clone())
+    );
+    renew["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    assert_eq!(
+        kube_send(&api, "PUT", &one, JSON, &renew),
+        (409, conflict.clone())
+    );
+    renew["metadata"]["resourceVersion"] = json!("2");
+    let (code, renewed) = kube_send(&api, "PUT", &one, JSON, &renew);
+    assert_eq!(code, 200, "{renewed}");
+    let mut want = renew.clone();
+    want["metadata"]["resourceVersion"] = json!("3");
+    assert_eq!(renewed, want);
+    // Writing the same again changes nothing, so no new revision.
+    renew["metadata"]["resourceVersion"] = json!("3");
+    assert_eq!(
+        kube_send(&api, "PUT", &one, JSON, &renew),
+        (200, want.clone())
+    );
+
+    // Merge patches, with and without a revision precondition.
+    let (code, patched) = kube_send(
+        &api,
+        "PATCH",
+        &one,
+        MERGE,
+        &json!({"metadata": {"resourceVersion": "3"}, "spec": {"holderIdentity": "node-c", "leaseTransitions": null}}),
+    );
+    assert_eq!(code, 200, "{patched}");
+    want["metadata"]["resourceVersion"] = json!("4");
+    want["spec"]["holderIdentity"] = json!("node-c");
+    want["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("leaseTransitions");
+    assert_eq!(patched, want);
+    assert_eq!(
+        kube_send(
+            &api,
+            "PATCH",
+            &one,
+            MERGE,
+            &json!({"metadata": {"resourceVersion": "3"}})
+        ),
+        (409, conflict)
+    );
+    let (code, patched) = kube_send(
+        &api,
+        "PATCH",
+        &one,
+        Some("application/strategic-merge-patch+json"),
+        &json!({"spec": {"leaseDurationSeconds": 30}}),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(patched["spec"]["leaseDurationSeconds"], 30);
+    assert_eq!(patched["metadata"]["resourceVersion"], "5");
+    let (code, refused) = kube_send(
+        &api,
+        "PATCH",
+        &one,
+        Some("application/json-patch+json"),
+        &json!([{"op": "remove", "path": "/spec"}]),
+    );
+    assert_eq!(
+        (code, &refused["reason"]),
+        (415, &json!("UnsupportedMediaType"))
+    );
+    assert_eq!(
+        kube_send(&api, "PATCH", &format!("{LEASES}/nope"), MERGE, &json!({})).0,
+        404
+    );
+
+    // PUT creates an absent lease (the lease strategy allows create on update).
+    let mut other = lease.clone();
+    other["metadata"]["name"] = json!("other");
+    let (code, made) = kube_send(&api, "PUT", &format!("{LEASES}/other"), JSON, &other);
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["metadata"]["resourceVersion"], "6");
+    assert_eq!(
+        made["metadata"]["uid"],
+        "00000000-0000-4000-8000-000000000002"
+    );
+    // A name that differs from the URL's, or none at all.
+    assert_eq!(
+        kube_send(&api, "PUT", &format!("{LEASES}/third"), JSON, &other),
+        (
+            400,
+            kube_status(
+                400,
+                "BadRequest",
+                "the name of the object (other) does not match the name on the URL (third)",
+                None
+            )
+        )
+    );
+    let nameless = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {}});
+    assert_eq!(
+        kube_send(&api, "POST", LEASES, JSON, &nameless),
+        (
+            422,
+            kube_status(
+                422,
+                "Invalid",
+                "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value: name \
+                 or generateName is required",
+                Some(json!({
+                    "kind": "Lease",
+                    "group": "coordination.k8s.io",
+                    "causes": [{
+                        "reason": "FieldValueRequired",
+                        "message": "Required value: name or generateName is required",
+                        "field": "metadata.name",
+                    }],
+                }))
+            )
+        )
+    );
+    assert_eq!(api.resource_version(), "6");
+    let requests = api.requests();
+    assert_eq!(requests.len(), 16);
+    assert_eq!(
+        requests[..3],
+        [
+            format!("GET {one}"),
+            format!("POST {LEASES}"),
+            format!("GET {one}")
+        ]
+    );
+}
+
+#[test]
+fn kubeapi_set_down_answers_503_and_ends_watches() {
+    let api = FakeKubeApi::start();
+    api.put_pod(FakeKubeApi::pod("default", "a", "a", "node-a", &[], &[]));
+    let (_, _, mut w) = WatchStream::open(&api, "/api/v1/pods?watch=true&resourceVersion=1");
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 1));
+    api.set_down(true);
+    assert_eq!(w.next(), None);
+    assert!(w.closed_by_peer());
+    assert!(wait_until(Duration::from_secs(5), || api.open_watches() == 0));
+    let unavailable = kube_status(
+        503,
+        "ServiceUnavailable",
+        "the server is currently unable to handle the request",
+        None,
+    );
+    assert_eq!(kube_get(&api, "/api/v1/pods"), (503, unavailable.clone()));
+    assert_eq!(
+        kube_get(&api, "/apis/coordination.k8s.io/v1/namespaces/x/leases/y"),
+        (503, unavailable)
+    );
+    // The cluster goes on meanwhile.
+    assert_eq!(
+        api.put_pod(FakeKubeApi::pod("default", "b", "b", "node-a", &[], &[])),
+        "2"
+    );
+    api.set_down(false);
+    let (code, list) = kube_get(&api, "/api/v1/pods");
+    assert_eq!(code, 200);
+    assert_eq!(list["metadata"], json!({"resourceVersion": "2"}));
+    assert_eq!(
+        api.requests(),
+        [
+            "GET /api/v1/pods?watch=true&resourceVersion=1",
+            "GET /api/v1/pods",
+            "GET /apis/coordination.k8s.io/v1/namespaces/x/leases/y",
+            "GET /api/v1/pods",
+        ]
+    );
+}
+
+#[test]
+fn kubeapi_events_have_the_core_v1_shape() {
+    let api = FakeKubeApi::start();
+    api.put_pod(FakeKubeApi::pod(
+        "default",
+        "web-0",
+        "uid-web-0",
+        "node-a",
+        &[],
+        &[],
+    ));
+    let ev = FakeKubeApi::event(
+        "default",
+        "web-0.17a2b3c4d5e6f708",
+        ("Pod", "web-0", "default"),
+        "Pulled",
+        "Successfully pulled image \"x\"",
+        "Normal",
+    );
+    let now = ev["firstTimestamp"].clone();
+    assert_recent(&now);
+    let mut want = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "web-0.17a2b3c4d5e6f708", "namespace": "default"},
+        "involvedObject": {
+            "kind": "Pod",
+            "namespace": "default",
+            "name": "web-0",
+            "apiVersion": "v1",
+        },
+        "reason": "Pulled",
+        "message": "Successfully pulled image \"x\"",
+        "source": {"component": "kubelet", "host": "node-a"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": "Normal",
+        "eventTime": null,
+        "reportingComponent": "kubelet",
+        "reportingInstance": "node-a",
+    });
+    assert_eq!(ev, want);
+    assert_eq!(api.put_event(ev), "2");
+
+    // Stored with the pod's uid and revision filled in, as kubelet records them.
+    want["involvedObject"]["uid"] = json!("uid-web-0");
+    want["involvedObject"]["resourceVersion"] = json!("1");
+    want["metadata"]["resourceVersion"] = json!("2");
+    want["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000001");
+    let (code, list) = kube_get(&api, "/api/v1/namespaces/default/events?limit=500");
+    assert_eq!(code, 200);
+    assert_eq!(list["kind"], "EventList");
+    assert_eq!(list["metadata"], json!({"resourceVersion": "2"}));
+    want["metadata"]["creationTimestamp"] =
+        list["items"][0]["metadata"]["creationTimestamp"].clone();
+    assert_eq!(list["items"], json!([want]));
+    assert_eq!(api.event_object("default", "web-0.17a2b3c4d5e6f708"), want);
+    // Only what is missing is filled in.
+    let mut other = FakeKubeApi::event(
+        "default",
+        "web-0.2",
+        ("Pod", "web-0", "default"),
+        "Killing",
+        "Stopping container c",
+        "Normal",
+    );
+    other["involvedObject"]["resourceVersion"] = json!("700");
+    assert_eq!(api.put_event(other), "3");
+    let stored = api.event_object("default", "web-0.2");
+    assert_eq!(
+        stored["involvedObject"],
+        json!({
+            "kind": "Pod",
+            "namespace": "default",
+            "name": "web-0",
+            "uid": "uid-web-0",
+            "apiVersion": "v1",
+            "resourceVersion": "700",
+        })
+    );
+    api.delete_event("default", "web-0.2");
+    let ours: &[&str] = &["default/web-0.17a2b3c4d5e6f708"];
+    for (selector, want) in [
+        (
+            "involvedObject.kind%3DPod%2CinvolvedObject.name%3Dweb-0",
+            ours,
+        ),
+        ("involvedObject.name%3Dweb-1", &[]),
+        ("source%3Dkubelet%2Ctype%3DNormal", ours),
+        ("type%3DWarning", &[]),
+    ] {
+        let (code, list) = kube_get(&api, &format!("/api/v1/events?fieldSelector={selector}"));
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(item_keys(&list), want, "{selector}");
+        assert_eq!(list["metadata"], json!({"resourceVersion": "4"}));
+    }
+
+    let (_, _, mut w) = WatchStream::open(&api, "/api/v1/events?watch=true&resourceVersion=0");
+    assert_eq!(w.next(), Some(json!({"type": "ADDED", "object": want})));
+    api.delete_event("default", "web-0.17a2b3c4d5e6f708");
+    assert_eq!(
+        summary(&w.next().unwrap()),
+        sum("DELETED", "web-0.17a2b3c4d5e6f708", "5")
+    );
+
+    // Streaming lists are refused, as without the WatchList feature gate.
+    let msg = "sendInitialEvents is forbidden for watch unless the WatchList feature gate is \
+               enabled";
+    assert_eq!(
+        kube_get(
+            &api,
+            "/api/v1/events?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true\
+             &sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0"
+        ),
+        (
+            422,
+            kube_status(
+                422,
+                "Invalid",
+                &format!(
+                    "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: {msg}"
+                ),
+                Some(json!({
+                    "group": "meta.k8s.io",
+                    "kind": "ListOptions",
+                    "causes": [{
+                        "reason": "FieldValueForbidden",
+                        "message": format!("Forbidden: {msg}"),
+                        "field": "sendInitialEvents",
+                    }],
+                }))
+            )
+        )
+    );
+}
+
+#[test]
+fn kubeapi_kubeconfig_and_version() {
+    let api = FakeKubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&path);
+    let config: Value = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        config,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [{"name": "fake", "cluster": {"server": api.url()}}],
+            "users": [{"name": "fake", "user": {"token": "test-token"}}],
+            "contexts": [{
+                "name": "fake",
+                "context": {"cluster": "fake", "user": "fake", "namespace": "default"},
+            }],
+            "current-context": "fake",
+        })
+    );
+    let (code, version) = kube_get(&api, "/version");
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&version["major"], &version["minor"], &version["gitVersion"]),
+        (&json!("1"), &json!("31"), &json!("v1.31.0"))
+    );
 }

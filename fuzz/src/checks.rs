@@ -381,8 +381,12 @@ fn check_tail_chunk(c: &Chunk, max: usize) {
                     assert!(v.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()));
                 }
                 MetaKey::TraceId => check_trace_hex(v),
-                MetaKey::Pid | MetaKey::SyslogIdentifier => {
-                    panic!("a file line carries journal metadata {k:?}")
+                MetaKey::Pid
+                | MetaKey::SyslogIdentifier
+                | MetaKey::Name
+                | MetaKey::Reason
+                | MetaKey::Node => {
+                    panic!("a file line carries journal or Event metadata {k:?}")
                 }
             }
         }

@@ -4,6 +4,9 @@
 //! was dropped on purpose, and counted). Each must continue the last one of its file; a gap is a
 //! bug, so it is logged and counted, and the newer position is taken anyway. This is the only
 //! feedback from the sink: sources read their start positions once, when they start.
+//!
+//! Events positions are not kept here but on the Lease, where the next holder can read them:
+//! they are handed to the events shipper's callback ([`Positions::on_events_ack`]).
 
 pub mod store;
 
@@ -11,15 +14,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::entry::{Advance, AdvanceKind, FileAdvance, FileKey};
+use crate::entry::{Advance, AdvanceKind, EventsPos, FileAdvance, FileKey};
 use crate::telemetry::metrics::METRICS;
 use store::FilePos;
+
+/// Where acked Events positions go (the events shipper, which writes them on the Lease).
+pub type EventsAck = Box<dyn FnMut(&EventsPos) + Send>;
 
 pub struct Positions {
     dir: PathBuf,
     files: HashMap<FileKey, FilePos>,
     /// The journal's cursor of the last acked entry.
     journal_cursor: Option<String>,
+    events_ack: Option<EventsAck>,
     dirty: bool,
     last_save: Instant,
     interval: Duration,
@@ -32,6 +39,7 @@ impl Positions {
             dir,
             files: loaded.files.iter().map(|p| (p.key(), p.clone())).collect(),
             journal_cursor: loaded.journal_cursor.clone(),
+            events_ack: None,
             dirty: false,
             // The first change is written at once: files registered at start are on disk
             // before a crash in the first second could forget them.
@@ -42,13 +50,24 @@ impl Positions {
         }
     }
 
+    /// Where acked Events positions go.
+    pub fn on_events_ack(&mut self, f: EventsAck) {
+        self.events_ack = Some(f);
+    }
+
     /// Applies one acked advance.
     pub fn apply(&mut self, a: &Advance) {
-        self.dirty = true;
         match a {
             Advance::File(f) => self.apply_file(f),
             Advance::Journal { cursor } => self.journal_cursor = Some(cursor.clone()),
+            Advance::Events(p) => {
+                if let Some(f) = &mut self.events_ack {
+                    f(p);
+                }
+                return;
+            }
         }
+        self.dirty = true;
     }
 
     fn apply_file(&mut self, a: &FileAdvance) {

@@ -165,20 +165,19 @@ impl Processor {
         h.ts_ns
     }
 
-    /// Appends a journal entry: `MESSAGE` as the line, SM `pid` and `syslog_identifier` when the
-    /// entry has them (any bytes; repaired like lines).
-    #[allow(clippy::too_many_arguments)]
-    pub fn journal_line(
+    /// Appends an entry with its own label set and structured-metadata fields (a journal entry's
+    /// `pid` and `syslog_identifier`, an Event's `name`, `reason` and `node`). Fields that are
+    /// absent or empty are left out; values are repaired like lines, and cut at 1 KiB.
+    pub fn fielded_line(
         &mut self,
         chunk: &mut Chunk,
         labels: u16,
         ts_ns: i64,
         message: &[u8],
-        pid: Option<&[u8]>,
-        ident: Option<&[u8]>,
+        fields: &[(MetaKey, Option<&[u8]>)],
     ) {
         let meta_start = chunk.meta.len() as u32;
-        for (key, value) in [(MetaKey::Pid, pid), (MetaKey::SyslogIdentifier, ident)] {
+        for &(key, value) in fields {
             if let Some(v) = value.filter(|v| !v.is_empty()) {
                 let w = limits::push_line(&mut chunk.data, v, 1024);
                 chunk.meta.push((key, MetaVal::Span(w.span)));

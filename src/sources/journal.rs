@@ -47,7 +47,7 @@ use prometheus_client::metrics::counter::Counter;
 use systemd::journal::{Journal, OpenDirectoryOptions};
 
 use crate::config::{self, JsonLine};
-use crate::entry::{Advance, Chunk, LabelSet};
+use crate::entry::{Advance, Chunk, LabelSet, MetaKey};
 use crate::process::Processor;
 use crate::ring::RingTx;
 use crate::shutdown::Stop;
@@ -503,13 +503,18 @@ impl Reader {
             b""
         };
         let idx = chunk.label_index(labels.get(unit, f.level));
-        proc.journal_line(
+        proc.fielded_line(
             chunk,
             idx,
             ts_ns,
             &scratch.message,
-            f.pid.then_some(&scratch.pid[..]),
-            f.ident.then_some(&scratch.ident[..]),
+            &[
+                (MetaKey::Pid, f.pid.then_some(&scratch.pid[..])),
+                (
+                    MetaKey::SyslogIdentifier,
+                    f.ident.then_some(&scratch.ident[..]),
+                ),
+            ],
         );
         scratch.message.len() as u64
     }

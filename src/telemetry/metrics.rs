@@ -53,6 +53,12 @@ pub struct Metrics {
     pub positions_errors: Counter,
     pub positions_gaps: Counter,
     pub ring_full_seconds: Counter<f64, AtomicU64>,
+    pub kube_up: Family<Labels, Gauge>,
+    pub kube_errors: Family<Labels, Counter>,
+    pub kube_relists: Family<Labels, Counter>,
+    pub events_leader: Gauge,
+    pub events_shipped: Counter,
+    pub events_skipped: Counter,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -99,6 +105,12 @@ impl Metrics {
             positions_errors: Counter::default(),
             positions_gaps: Counter::default(),
             ring_full_seconds: Counter::default(),
+            kube_up: Family::default(),
+            kube_errors: Family::default(),
+            kube_relists: Family::default(),
+            events_leader: Gauge::default(),
+            events_shipped: Counter::default(),
+            events_skipped: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,6 +201,36 @@ impl Metrics {
                 m.bytes_lost.clone(),
             );
             r.register(
+                "ringtail_kube_up",
+                "1 while the kube API watch of a resource (pods, events) works, 0 while it fails",
+                m.kube_up.clone(),
+            );
+            r.register(
+                "ringtail_kube_errors",
+                "Failed kube API calls and watches, by resource (pods, events, leases)",
+                m.kube_errors.clone(),
+            );
+            r.register(
+                "ringtail_kube_watch_restarts",
+                "Watches that had to list again (410 Gone, or a new start), by resource",
+                m.kube_relists.clone(),
+            );
+            r.register(
+                "ringtail_events_leader",
+                "1 while this pod holds the events Lease and ships Kubernetes Events",
+                m.events_leader.clone(),
+            );
+            r.register(
+                "ringtail_events_shipped",
+                "Kubernetes Events handed to the writer",
+                m.events_shipped.clone(),
+            );
+            r.register(
+                "ringtail_events_skipped",
+                "Kubernetes Events not shipped because they were already (listed again after a relist or failover)",
+                m.events_skipped.clone(),
+            );
+            r.register(
                 "ringtail_positions_commits",
                 "Positions files written",
                 m.positions_commits.clone(),
@@ -260,6 +302,16 @@ impl Metrics {
         self.file_events
             .get_or_create(&vec![("event", event.to_string())])
             .inc_by(n);
+    }
+
+    /// Handles for the kube API metrics of one resource.
+    pub fn kube(&self, resource: &'static str) -> (Gauge, Counter, Counter) {
+        let l = vec![("resource", resource.to_string())];
+        (
+            self.kube_up.get_or_create(&l).clone(),
+            self.kube_errors.get_or_create(&l).clone(),
+            self.kube_relists.get_or_create(&l).clone(),
+        )
     }
 
     pub fn lost(&self, reason: &'static str, bytes: u64) {

@@ -1,5 +1,6 @@
-//! Support code for ringtail's integration tests: a fake Loki, a kubelet/containerd log-tree
-//! writer, and a harness for the `ringtail` process. Plain std (threads and `std::net`).
+//! Support code for ringtail's integration tests: a fake Loki, a fake Kubernetes API server, a
+//! kubelet/containerd log-tree writer, and a harness for the `ringtail` process. Plain std
+//! (threads and `std::net`).
 //!
 //! Include it from a test file with `mod support;` and `use support::*;`.
 //!
@@ -10,12 +11,15 @@
 //! - [`proc`]: [`Ringtail`], the `ringtail` binary run as a child process.
 //! - [`http`]: a small blocking HTTP/1.1 client (used for `/metrics` and by the self-tests).
 //! - [`journal`]: real journal files, written by `systemd-journal-remote` from the export format.
+//! - [`kubeapi`]: [`FakeKubeApi`], a Kubernetes API server (pods, events, leases; list, watch,
+//!   optimistic-concurrency writes) speaking the real wire format, for the kube-rs client.
 #![allow(dead_code)]
 
 pub mod cri;
 pub mod expect;
 pub mod http;
 pub mod journal;
+pub mod kubeapi;
 pub mod proc;
 pub mod receiver;
 
@@ -25,6 +29,8 @@ pub use cri::{
 };
 #[allow(unused_imports)]
 pub use expect::{assert_exactly, got, map, stop, Expected};
+#[allow(unused_imports)]
+pub use kubeapi::FakeKubeApi;
 #[allow(unused_imports)]
 pub use proc::{
     bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, try_metrics,

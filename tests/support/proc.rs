@@ -61,6 +61,11 @@ impl Ringtail {
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
             .env_remove("KUBECONFIG")
+            // kube-client honours proxies even for the fake API on loopback.
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
             .env("NODE_NAME", "test-node");
         for (k, v) in env {
             cmd.env(k, v);

@@ -17,12 +17,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::config::ReadFrom;
 use crate::entry::{FileKey, Fingerprint, LabelSet};
-use crate::metadata::PodMetadata;
+use crate::metadata::{PodLabels, PodLookup, PodMetadata};
 use crate::positions::store::FilePos;
 use crate::sources::files::io::{BatchIo, Stat};
 use crate::sources::files::tail::Tail;
@@ -60,27 +61,37 @@ pub fn log_file_kind(name: &str) -> Option<bool> {
 pub fn pod_labels(
     namespace: &str,
     pod: &str,
-    uid: &str,
     container: &str,
     node: &str,
-    meta: &dyn PodMetadata,
+    extra: &PodLabels,
 ) -> Arc<LabelSet> {
-    let extra = meta.pod_labels(namespace, pod, uid).unwrap_or_default();
     LabelSet::new([
         ("namespace", namespace.to_string()),
         ("pod", pod.to_string()),
         ("container", container.to_string()),
         ("node", node.to_string()),
-        ("app", extra.app),
-        ("app_name", extra.app_name),
+        ("app", extra.app.clone()),
+        ("app_name", extra.app_name.clone()),
         ("job", format!("{namespace}/{container}")),
     ])
+}
+
+/// Whether a file's labels are complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaState {
+    /// Complete, or there is no kube API and they never will be more.
+    Final,
+    /// The pod's API object has not arrived. `hold`: a new file still waits for it (up to
+    /// `logs.pods.metadata.wait`); past that it is read without `app`/`app_name`, and relabelled
+    /// when the object arrives.
+    Pending { hold: bool },
 }
 
 /// A file found by a scan.
 pub struct Found {
     pub path: PathBuf,
     pub labels: Arc<LabelSet>,
+    pub meta: MetaState,
     pub rotated: bool,
     pub format: Format,
     /// Index of the catalog that listed it.
@@ -118,11 +129,7 @@ impl FixedFile {
 /// Where files come from.
 pub enum Catalog {
     /// The kubelet's pod log tree.
-    Pods {
-        root: PathBuf,
-        node: String,
-        meta: Arc<dyn PodMetadata>,
-    },
+    Pods(PodTree),
     /// Named files (RKE2's kubelet.log and containerd.log), rotated by rename to lumberjack
     /// backups `<stem>-<time><ext>` beside them, or truncated in place.
     Fixed(Vec<FixedFile>),
@@ -133,7 +140,7 @@ impl Catalog {
     /// cannot be listed), so that nothing of it is taken for gone.
     fn list(&mut self, index: usize, out: &mut Vec<Found>) -> bool {
         match self {
-            Catalog::Pods { root, node, meta } => list(root, node, &**meta, index, out),
+            Catalog::Pods(tree) => tree.list(index, out),
             Catalog::Fixed(files) => {
                 let mut all_listed = true;
                 for f in files.iter_mut() {
@@ -190,6 +197,7 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
         out.push(Found {
             path: e.path(),
             labels: f.labels.clone(),
+            meta: MetaState::Final,
             rotated,
             format: Format::Plain,
             catalog: index,
@@ -198,55 +206,91 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
     true
 }
 
-/// Lists candidate files under `root`; false when `root` itself cannot be listed (then nothing
-/// can be concluded about what is gone). Unreadable pod or container directories are skipped and
-/// retried on the next scan.
-pub fn list(
-    root: &Path,
-    node: &str,
-    meta: &dyn PodMetadata,
-    catalog: usize,
-    out: &mut Vec<Found>,
-) -> bool {
-    let Ok(pods) = std::fs::read_dir(root) else {
-        return false;
-    };
-    for pod_dir in pods.flatten() {
-        let name = pod_dir.file_name();
-        let Some((namespace, pod, uid)) = name.to_str().and_then(parse_pod_dir) else {
-            continue;
-        };
-        let Ok(containers) = std::fs::read_dir(pod_dir.path()) else {
-            continue;
-        };
-        for c in containers.flatten() {
-            let cname = c.file_name();
-            let Some(container) = cname.to_str() else {
-                continue;
-            };
-            let Ok(files) = std::fs::read_dir(c.path()) else {
-                continue;
-            };
-            let mut labels = None;
-            for f in files.flatten() {
-                let fname = f.file_name();
-                let Some(rotated) = fname.to_str().and_then(log_file_kind) else {
-                    continue;
-                };
-                let labels = labels
-                    .get_or_insert_with(|| pod_labels(namespace, pod, uid, container, node, meta))
-                    .clone();
-                out.push(Found {
-                    path: f.path(),
-                    labels,
-                    rotated,
-                    format: Format::Cri,
-                    catalog,
-                });
-            }
+/// The kubelet's pod log tree, and what is known of its pods' API objects.
+pub struct PodTree {
+    root: PathBuf,
+    node: String,
+    meta: Arc<dyn PodMetadata>,
+    /// How long a new pod's files wait for its API object.
+    wait: Duration,
+    /// Pod directories whose API object has not arrived, since when.
+    pending: HashMap<String, Instant>,
+}
+
+impl PodTree {
+    pub fn new(root: PathBuf, node: String, meta: Arc<dyn PodMetadata>, wait: Duration) -> Self {
+        PodTree {
+            root,
+            node,
+            meta,
+            wait,
+            pending: HashMap::new(),
         }
     }
-    true
+
+    /// Lists candidate files; false when the root itself cannot be listed (then nothing can be
+    /// concluded about what is gone). Unreadable pod or container directories are skipped and
+    /// retried on the next scan.
+    fn list(&mut self, catalog: usize, out: &mut Vec<Found>) -> bool {
+        let Ok(pods) = std::fs::read_dir(&self.root) else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut pending = HashMap::with_capacity(self.pending.len());
+        for pod_dir in pods.flatten() {
+            let name = pod_dir.file_name();
+            let Some(dir_name) = name.to_str() else {
+                continue;
+            };
+            let Some((namespace, pod, uid)) = parse_pod_dir(dir_name) else {
+                continue;
+            };
+            let (extra, meta) = match self.meta.lookup(uid) {
+                PodLookup::Found(l) => (l, MetaState::Final),
+                PodLookup::Absent => (PodLabels::default(), MetaState::Final),
+                PodLookup::Pending => {
+                    let since = self.pending.remove(dir_name).unwrap_or(now);
+                    pending.insert(dir_name.to_string(), since);
+                    let hold = now.duration_since(since) < self.wait;
+                    (PodLabels::default(), MetaState::Pending { hold })
+                }
+            };
+            let Ok(containers) = std::fs::read_dir(pod_dir.path()) else {
+                continue;
+            };
+            for c in containers.flatten() {
+                let cname = c.file_name();
+                let Some(container) = cname.to_str() else {
+                    continue;
+                };
+                let Ok(files) = std::fs::read_dir(c.path()) else {
+                    continue;
+                };
+                let mut labels = None;
+                for f in files.flatten() {
+                    let fname = f.file_name();
+                    let Some(rotated) = fname.to_str().and_then(log_file_kind) else {
+                        continue;
+                    };
+                    let labels = labels
+                        .get_or_insert_with(|| {
+                            pod_labels(namespace, pod, container, &self.node, &extra)
+                        })
+                        .clone();
+                    out.push(Found {
+                        path: f.path(),
+                        labels,
+                        meta,
+                        rotated,
+                        format: Format::Cri,
+                        catalog,
+                    });
+                }
+            }
+        }
+        self.pending = pending;
+        true
+    }
 }
 
 /// Where a file starts, or whether it is read at all.
@@ -306,8 +350,19 @@ pub fn decide_start(f: FirstSight, read_from: ReadFrom) -> Start {
 /// What discovery tells a tailer.
 pub enum Control {
     Add(Box<Tail>),
-    Moved { key: FileKey, path: Arc<Path> },
-    Gone { key: FileKey },
+    Moved {
+        key: FileKey,
+        path: Arc<Path>,
+    },
+    Gone {
+        key: FileKey,
+    },
+    /// The pod's API object arrived after the file was first read: chunks from now on carry
+    /// these labels.
+    Relabel {
+        key: FileKey,
+        labels: Arc<LabelSet>,
+    },
 }
 
 struct Known {
@@ -323,6 +378,8 @@ struct Known {
     missed: u8,
     /// `None`: seen and deliberately not read (skipped).
     tailer: Option<usize>,
+    /// Read without its pod's metadata so far (see [`MetaState::Pending`]).
+    labels_pending: bool,
 }
 
 /// Scans a file must be missing from before it is declared gone.
@@ -436,6 +493,18 @@ impl Discovery {
                 Some(k) => Some(same_file(&k.path, &found.path, k.fingerprint)),
                 None => None,
             };
+            if let Some(k) = self.known.get_mut(&key) {
+                if k.labels_pending && found.meta == MetaState::Final {
+                    k.labels_pending = false;
+                    if let Some(t) = k.tailer {
+                        METRICS.file_event("relabelled");
+                        let _ = self.tailers[t].send(Control::Relabel {
+                            key,
+                            labels: found.labels.clone(),
+                        });
+                    }
+                }
+            }
             match (self.known.get_mut(&key), renamed_in_place) {
                 (Some(k), None) => k.missed = 0,
                 (Some(k), Some(true)) => {
@@ -453,10 +522,25 @@ impl Discovery {
                 // Same identity, other content or another directory: the inode was freed and
                 // reused. The tailer lets the old file go when the new one is added.
                 (Some(_), Some(false)) | (None, _) => {
+                    if found.meta == (MetaState::Pending { hold: true }) && !at_start {
+                        // Found again on the next scan, once its pod is known or the wait is
+                        // over.
+                        continue;
+                    }
                     METRICS.file_event("new");
                     let path: Arc<Path> = Arc::from(found.path.as_path());
+                    let labels_pending = matches!(found.meta, MetaState::Pending { .. });
+                    if labels_pending {
+                        METRICS.file_event("without_metadata");
+                        log::debug!(
+                            "{}: its pod is not known to the kube API yet; reading it without \
+                             app/app_name until it is",
+                            found.path.display()
+                        );
+                    }
                     let spec = Spec {
                         labels: found.labels.clone(),
+                        labels_pending,
                         rotated: found.rotated,
                         format: found.format,
                         catalog: found.catalog,
@@ -517,6 +601,7 @@ impl Discovery {
     ) -> Option<Known> {
         let Spec {
             labels,
+            labels_pending,
             rotated,
             format,
             catalog,
@@ -580,6 +665,7 @@ impl Discovery {
                     fingerprint,
                     missed: 0,
                     tailer: None,
+                    labels_pending,
                 });
             }
             Start::At(off) if off == size && !rotated && stored.is_none() && off > 0 => {
@@ -609,6 +695,7 @@ impl Discovery {
             fingerprint,
             missed: 0,
             tailer: Some(t),
+            labels_pending,
         })
     }
 }
@@ -616,6 +703,7 @@ impl Discovery {
 /// What a catalog says about a file found for the first time.
 struct Spec {
     labels: Arc<LabelSet>,
+    labels_pending: bool,
     rotated: bool,
     format: Format,
     catalog: usize,
@@ -677,7 +765,7 @@ fn align_to_line_start(path: &Path, size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{NoMetadata, PodLabels};
+    use crate::metadata::PodLabels;
 
     #[test]
     fn pod_dirs_and_static_pods() {
@@ -715,24 +803,18 @@ mod tests {
         assert_eq!(log_file_kind("0.txt"), None);
     }
 
-    struct Apps;
-    impl PodMetadata for Apps {
-        fn pod_labels(&self, _: &str, _: &str, uid: &str) -> Option<PodLabels> {
-            (uid == "u1").then(|| PodLabels {
-                app: "web".into(),
-                app_name: "emoji".into(),
-            })
-        }
-    }
-
     #[test]
     fn labels_follow_the_contract() {
-        let l = pod_labels("emojivoto", "web-1", "u1", "web", "node-a", &Apps);
+        let apps = PodLabels {
+            app: "web".into(),
+            app_name: "emoji".into(),
+        };
+        let l = pod_labels("emojivoto", "web-1", "web", "node-a", &apps);
         assert_eq!(
             l.rendered(),
             r#"{app="web", app_name="emoji", container="web", job="emojivoto/web", namespace="emojivoto", node="node-a", pod="web-1"}"#
         );
-        let l = pod_labels("ns", "p", "u2", "c", "n", &NoMetadata);
+        let l = pod_labels("ns", "p", "c", "n", &PodLabels::default());
         assert_eq!(
             l.rendered(),
             r#"{container="c", job="ns/c", namespace="ns", node="n", pod="p"}"#

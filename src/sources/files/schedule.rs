@@ -485,6 +485,11 @@ impl Tailer {
                     self.files[i].path = path;
                 }
             }
+            Control::Relabel { key, labels } => {
+                if let Some(&i) = self.index.get(&key) {
+                    self.files[i].labels = labels;
+                }
+            }
             Control::Gone { key } => {
                 if let Some(&i) = self.index.get(&key) {
                     let t = &mut self.files[i];

@@ -15,6 +15,7 @@
 //! | `E2E_DIR`      | temp dir   | where the tree is generated (on the disk to measure)           |
 //! | `E2E_SEED`     | 1          | generator seed                                                 |
 //! | `E2E_KEEP`     | unset      | `1`: keep the generated tree and print its path                |
+//! | `E2E_KUBE`     | `off`      | `on`: a fake kube API (tests/support/kubeapi.rs) lists every pod with `app` labels, so pod metadata enrichment is measured; `both`: off and on |
 //!
 //! Without `--bench` (`cargo test --benches`), it runs a small smoke configuration instead.
 //!
@@ -47,6 +48,19 @@ use stats::{median, spread};
 
 use gen::{Gen, KINDS};
 
+// The fake kube API of the integration tests, to measure enrichment against the real client
+// (it reaches its helpers as `super::http` and `super::cri`).
+#[allow(dead_code)]
+#[path = "../tests/support/cri.rs"]
+mod cri;
+#[allow(dead_code)]
+#[path = "../tests/support/http.rs"]
+mod http;
+#[allow(dead_code)]
+#[path = "../tests/support/kubeapi.rs"]
+mod kubeapi;
+use kubeapi::FakeKubeApi;
+
 // ---------------------------------------------------------------- settings
 
 struct Settings {
@@ -60,6 +74,8 @@ struct Settings {
     dir: Option<PathBuf>,
     seed: u64,
     keep: bool,
+    /// Runs without and/or with a kube API.
+    kube: Vec<bool>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -106,6 +122,15 @@ impl Settings {
             dir: std::env::var_os("E2E_DIR").map(PathBuf::from),
             seed: env_or("E2E_SEED", 1),
             keep: env_or("E2E_KEEP", 0u8) == 1,
+            kube: match env_or("E2E_KUBE", "off".to_string()).as_str() {
+                "off" => vec![false],
+                "on" => vec![true],
+                "both" => vec![false, true],
+                other => {
+                    eprintln!("e2e: E2E_KUBE: {other:?} is not off, on or both");
+                    std::process::exit(2)
+                }
+            },
         }
     }
 }
@@ -115,6 +140,8 @@ impl Settings {
 struct Tree {
     root: PathBuf,
     files: Vec<PathBuf>,
+    /// (namespace, pod, uid, app) of every pod directory.
+    pods: Vec<(String, String, String, String)>,
     bytes: u64,
     lines: u64,
     counts: [u64; 5],
@@ -133,12 +160,17 @@ fn generate(root: &Path, files: usize, bytes: u64, seed: u64) -> Tree {
     let mut gen = Gen::new(seed, start_ns, 0);
     let mut out = Vec::new();
     let mut paths = Vec::with_capacity(files);
+    let mut pods = Vec::new();
     let mut total = 0u64;
     for (i, w) in weights.iter().enumerate() {
         let target = ((bytes as f64) * w / sum) as usize;
         let (ns, pod, uid, container) = gen::file_names(i);
-        let dir = root.join(format!("{ns}_{pod}_{uid}")).join(container);
+        let dir = root.join(format!("{ns}_{pod}_{uid}")).join(&container);
         fs::create_dir_all(&dir).expect("create pod dir");
+        if i % 2 == 0 {
+            // The app's container; the pod's other file is its istio-proxy.
+            pods.push((ns.clone(), pod.clone(), uid.clone(), container.clone()));
+        }
         gen.ts_ns = start_ns + rng.i64(0..1_000_000_000);
         out.clear();
         while out.len() < target.max(1) {
@@ -152,6 +184,7 @@ fn generate(root: &Path, files: usize, bytes: u64, seed: u64) -> Tree {
     Tree {
         root: root.to_path_buf(),
         files: paths,
+        pods,
         bytes: total,
         lines: gen.seq,
         counts: gen.counts,
@@ -169,6 +202,8 @@ struct Counts {
     dups: u64,
     /// Entries without a sequence number we generated.
     unknown: u64,
+    /// Entries whose stream has an `app` label (pod metadata from the kube API).
+    with_app: u64,
     entries: u64,
     line_bytes: u64,
     body_bytes: u64,
@@ -231,7 +266,10 @@ impl Receiver {
             let mut seqs = Vec::new();
             for (at, body) in rx {
                 match decode(&body, &mut seqs) {
-                    Some(line_bytes) => record(&sh, &seqs, line_bytes, body.len(), at),
+                    Some((line_bytes, with_app)) => {
+                        sh.counts.lock().unwrap().with_app += with_app;
+                        record(&sh, &seqs, line_bytes, body.len(), at)
+                    }
                     None => sh.counts.lock().unwrap().bad_requests += 1,
                 }
             }
@@ -371,19 +409,23 @@ fn read_chunked(r: &mut impl BufRead, body: &mut Vec<u8>) -> std::io::Result<()>
 }
 
 /// Decodes a push; fills `seqs` with each entry's sequence number (`u64::MAX` when it has
-/// none) and returns the line bytes.
-fn decode(body: &[u8], seqs: &mut Vec<u64>) -> Option<u64> {
+/// none) and returns the line bytes and how many entries carry an `app` label.
+fn decode(body: &[u8], seqs: &mut Vec<u64>) -> Option<(u64, u64)> {
     seqs.clear();
     let raw = snap::raw::Decoder::new().decompress_vec(body).ok()?;
     let push = PushRequest::decode(raw.as_slice()).ok()?;
     let mut bytes = 0;
+    let mut with_app = 0;
     for s in &push.streams {
+        if s.labels.contains("app=\"") {
+            with_app += s.entries.len() as u64;
+        }
         for e in &s.entries {
             bytes += e.line.len() as u64;
             seqs.push(gen::seq_of(e.line.as_bytes()).unwrap_or(u64::MAX));
         }
     }
-    Some(bytes)
+    Some((bytes, with_app))
 }
 
 fn record(shared: &Shared, seqs: &[u64], line_bytes: u64, body_bytes: usize, at: Instant) {
@@ -470,6 +512,7 @@ struct RunResult {
     rss_mib: f64,
     lost: u64,
     dups: u64,
+    with_app: u64,
     unknown: u64,
     receiver_cpu_s: f64,
     requests: u64,
@@ -514,9 +557,36 @@ log:
     )
 }
 
-fn run_once(tree: &Tree, work: &Path, threads: usize, io: &str, s: &Settings) -> RunResult {
+/// A fake kube API listing every pod of the tree on the bench's node, with `app` labels.
+fn kube_api(tree: &Tree) -> FakeKubeApi {
+    let api = FakeKubeApi::start();
+    for (ns, pod, uid, app) in &tree.pods {
+        api.put_pod(FakeKubeApi::pod(
+            ns,
+            pod,
+            uid,
+            "bench-node",
+            &[("app", app), ("app.kubernetes.io/name", app)],
+            &[],
+        ));
+    }
+    api
+}
+
+fn run_once(
+    tree: &Tree,
+    work: &Path,
+    threads: usize,
+    io: &str,
+    kube: Option<&FakeKubeApi>,
+    s: &Settings,
+) -> RunResult {
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).expect("create run dir");
+    let kubeconfig = work.join("kubeconfig");
+    if let Some(api) = kube {
+        api.write_kubeconfig(&kubeconfig);
+    }
     let receiver = Receiver::start(tree.lines, s.loki_delay);
     let config = work.join("ringtail.yaml");
     let yaml = config_yaml(
@@ -532,7 +602,12 @@ fn run_once(tree: &Tree, work: &Path, threads: usize, io: &str, s: &Settings) ->
 
     let cpu0 = self_cpu_seconds();
     let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringtail"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtail"));
+    cmd.env_remove("KUBECONFIG");
+    if kube.is_some() {
+        cmd.env("KUBECONFIG", &kubeconfig);
+    }
+    let mut child = cmd
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -578,6 +653,7 @@ fn run_once(tree: &Tree, work: &Path, threads: usize, io: &str, s: &Settings) ->
         rss_mib,
         lost,
         dups: c.dups,
+        with_app: c.with_app,
         unknown: c.unknown,
         receiver_cpu_s,
         requests: c.requests,
@@ -675,15 +751,19 @@ fn main() {
 
     let mut failed = false;
     let mut summary = Vec::new();
-    for io in &s.io {
-        for &threads in &s.threads {
-            let mut results = Vec::new();
-            for r in 0..s.runs {
-                let work = tmp.path().join(format!("run-{io}-{threads}-{r}"));
-                let res = run_once(&tree, &work, threads, io, &s);
-                println!(
-                    "  threads={threads} io={io} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
-                     CPU {:.2} s = {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, \
+    let api = s.kube.contains(&true).then(|| kube_api(&tree));
+    for &kube in &s.kube {
+        for io in &s.io {
+            for &threads in &s.threads {
+                let mut results = Vec::new();
+                let k = if kube { " kube=on" } else { "" };
+                for r in 0..s.runs {
+                    let work = tmp.path().join(format!("run-{io}-{threads}-{kube}-{r}"));
+                    let res =
+                        run_once(&tree, &work, threads, io, api.as_ref().filter(|_| kube), &s);
+                    println!(
+                    "  threads={threads} io={io}{k} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
+                     CPU {:.2} s = {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, with app {}, \
                      {} pushes ({:.1} MiB snappy, {} undecodable), receiver CPU {:.2} s, ringtail pid {}",
                     r + 1,
                     s.runs,
@@ -696,28 +776,29 @@ fn main() {
                     res.lost,
                     res.dups,
                     res.unknown,
+                    res.with_app,
                     res.requests,
                     res.body_bytes as f64 / (1 << 20) as f64,
                     res.bad_requests,
                     res.receiver_cpu_s,
                     res.pid,
                 );
-                if res.lost > 0 {
-                    failed = true;
+                    if res.lost > 0 {
+                        failed = true;
+                    }
+                    if !res.exit.is_some_and(|e| e.success()) {
+                        eprintln!("e2e: ringtail exited with {:?}", res.exit);
+                        failed = true;
+                    }
+                    let _ = fs::remove_dir_all(&work);
+                    results.push(res);
                 }
-                if !res.exit.is_some_and(|e| e.success()) {
-                    eprintln!("e2e: ringtail exited with {:?}", res.exit);
-                    failed = true;
-                }
-                let _ = fs::remove_dir_all(&work);
-                results.push(res);
-            }
-            let col = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
-            let mb_s = col(|r| r.mb_s);
-            let per_core: Vec<f64> = mb_s.iter().map(|m| m / threads as f64).collect();
-            let ratio: Vec<f64> = mb_s.iter().map(|m| m / snappy_mb_s).collect();
-            summary.push(format!(
-                "threads={threads} io={io} ({} runs, median [min..max])\n    \
+                let col = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+                let mb_s = col(|r| r.mb_s);
+                let per_core: Vec<f64> = mb_s.iter().map(|m| m / threads as f64).collect();
+                let ratio: Vec<f64> = mb_s.iter().map(|m| m / snappy_mb_s).collect();
+                summary.push(format!(
+                    "threads={threads} io={io}{k} ({} runs, median [min..max])\n    \
                  MB/s            {}\n    \
                  MB/s per tailer {}\n    \
                  lines/s         {}\n    \
@@ -726,18 +807,19 @@ fn main() {
                  receiver CPU-s  {}\n    \
                  ÷ snappy alone  {} (snappy alone {:.0} MB/s)\n    \
                  lost {}  duplicates {}",
-                results.len(),
-                spread(&mb_s),
-                spread(&per_core),
-                spread(&col(|r| r.lines_s)),
-                spread(&col(|r| r.cpu_s_per_gb)),
-                spread(&col(|r| r.rss_mib)),
-                spread(&col(|r| r.receiver_cpu_s)),
-                spread(&ratio),
-                snappy_mb_s,
-                results.iter().map(|r| r.lost).sum::<u64>(),
-                results.iter().map(|r| r.dups).sum::<u64>(),
-            ));
+                    results.len(),
+                    spread(&mb_s),
+                    spread(&per_core),
+                    spread(&col(|r| r.lines_s)),
+                    spread(&col(|r| r.cpu_s_per_gb)),
+                    spread(&col(|r| r.rss_mib)),
+                    spread(&col(|r| r.receiver_cpu_s)),
+                    spread(&ratio),
+                    snappy_mb_s,
+                    results.iter().map(|r| r.lost).sum::<u64>(),
+                    results.iter().map(|r| r.dups).sum::<u64>(),
+                ));
+            }
         }
     }
     println!(

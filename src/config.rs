@@ -459,6 +459,27 @@ impl Config {
                 "must be between 1KiB and 64MiB; use Loki's own limit (256KiB by default)".into(),
             );
         }
+        let events = &self.logs.events;
+        if events.enabled && !is_dns_name(&events.lease_name, 253, true) {
+            return fail(
+                "logs.events.lease_name",
+                format!(
+                    "{:?} is not a Kubernetes object name (lower-case letters, digits, '-' and \
+                     '.', at most 253); e.g. ringtail-events",
+                    events.lease_name
+                ),
+            );
+        }
+        if events.enabled && !is_dns_name(&events.lease_namespace, 63, false) {
+            return fail(
+                "logs.events.lease_namespace",
+                format!(
+                    "{:?} is not a namespace name (lower-case letters, digits and '-', at most \
+                     63); leave it empty for $POD_NAMESPACE",
+                    events.lease_namespace
+                ),
+            );
+        }
         if self.logs.pods.metadata.wait.0 > Duration::from_secs(60) {
             return fail(
                 "logs.pods.metadata.wait",
@@ -523,6 +544,18 @@ fn describe_yaml_error(e: &serde_yaml::Error, text: &str, origin: &str) -> Strin
          keys with their defaults)",
         loc.line()
     )
+}
+
+/// A DNS-1123 name, as Kubernetes object names (`dots`: subdomain) and namespaces are.
+fn is_dns_name(name: &str, max: usize, dots: bool) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || (dots && c == b'.')
+        })
 }
 
 /// The line of a dotted key in a YAML text, found by indentation, for errors that come from
@@ -874,6 +907,27 @@ alloy:
             e.0.contains("loki.retry.min_backoff") && e.0.contains("line 3"),
             "{e}"
         );
+
+        let e = Config::from_yaml(
+            "logs:\n  events:\n    lease_name: Ringtail_Events\n",
+            "f.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("logs.events.lease_name") && e.0.contains("line 3"),
+            "{e}"
+        );
+        let e = Config::from_yaml("logs:\n  events:\n    lease_namespace: a.b\n", "f.yaml")
+            .unwrap_err();
+        assert!(e.0.contains("logs.events.lease_namespace"), "{e}");
+        // Not checked when Events are off.
+        assert!(Config::from_yaml(
+            "logs:\n  events:\n    enabled: false\n    lease_name: x_y\n",
+            "f.yaml"
+        )
+        .is_ok());
+        assert!(is_dns_name("ringtail-events.v1", 253, true));
+        assert!(!is_dns_name("-a", 253, true) && !is_dns_name("", 63, false));
     }
 
     #[test]

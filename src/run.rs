@@ -106,12 +106,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         None
     };
     let meta: Arc<dyn PodMetadata> = match &kube {
-        Some(k) => {
+        Some(k) if cfg.logs.pods.enabled => {
             // Files found at start get their labels at once when the API answers quickly.
             k.pods.wait_synced(cfg.logs.pods.metadata.wait.0);
             k.pods.clone()
         }
-        None => Arc::new(NoMetadata),
+        _ => Arc::new(NoMetadata),
     };
     let catalogs = catalogs(&cfg, meta);
     if !catalogs.is_empty() {
@@ -153,7 +153,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let _ = t.join();
     }
     if let Some(k) = kube {
-        k.finish();
+        k.finish(&stop);
     }
     log::info!("stopped");
     Ok(())

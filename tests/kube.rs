@@ -221,7 +221,7 @@ fn pod_labels_reach_their_lines_static_pods_too() {
     let started = Instant::now();
     let mut rt = node.start(&api, &rx, true, false, "");
     assert!(rx.wait_for_entries(want.len(), WAIT), "{}", rt.logs());
-    // Known pods never wait: all of it within well under the 2 s metadata wait.
+    // Known pods never wait for metadata (the bound leaves room for a loaded CI machine).
     assert!(started.elapsed() < Duration::from_secs(10));
     rx.wait_quiet(Duration::from_millis(500));
     assert_exactly(&rx, &want);
@@ -263,7 +263,6 @@ fn a_file_before_its_pod_waits_then_is_relabelled() {
     // A: its pod arrives within the wait; its first lines already carry the labels.
     let a = PodDir::new(&node.pods(), "shop", "cart-1", "u-cart");
     let mut ca = a.container("cart");
-    let t0 = Instant::now();
     want.extend(write(
         &mut ca,
         "shop",
@@ -287,9 +286,10 @@ fn a_file_before_its_pod_waits_then_is_relabelled() {
     // ones carry the full label set.
     let b = PodDir::new(&node.pods(), "shop", "pay-1", "u-pay");
     let mut cb = b.container("pay");
+    let t_b = Instant::now();
     want.extend(write(&mut cb, "shop", "pay-1", None, &["b1", "b2"]));
     assert!(rx.wait_for_entries(4, WAIT), "{}", rt.logs());
-    let waited = t0.elapsed();
+    let waited = t_b.elapsed();
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
     assert_exactly(&rx, &want);
     api.put_pod(FakeKubeApi::pod(
@@ -714,8 +714,11 @@ fn two_ringtails_ship_each_event_once_and_the_other_takes_over() {
     for i in 8..11 {
         want.push(put(&api, backoff(&format!("e{i}"), 100 - i, 1)));
     }
+    // An event shipped before is counted again while no one holds the Lease: its new count is
+    // shipped.
+    want.push(put(&api, backoff("e0", 2, 2)));
     assert!(
-        rx.wait_for_entries(11, Duration::from_secs(40)),
+        rx.wait_for_entries(12, Duration::from_secs(40)),
         "{}",
         follower.logs()
     );
@@ -727,12 +730,17 @@ fn two_ringtails_ship_each_event_once_and_the_other_takes_over() {
     assert_ne!(lease_holder(&api), holder);
     let m = metrics(follower_node.port);
     assert_eq!(metric_value(&m, "ringtail_events_leader"), Some(1.0), "{m}");
+    // Its list held e1..e7 as already shipped (e0 was updated).
     assert_eq!(
         metric_value(&m, "ringtail_events_skipped_total"),
-        Some(8.0),
+        Some(7.0),
         "{m}"
     );
+    // A holder stops as fast as any pod, and releases the Lease.
+    let t = Instant::now();
     stop(follower);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(lease_holder(&api), "");
 }
 
 #[test]
@@ -746,7 +754,9 @@ fn a_410_gone_relists_without_duplicates() {
     let mut rt = node.start(&api, &rx, false, true, "");
     assert!(rx.wait_for_entries(4, WAIT), "{}", rt.logs());
     // The history the watch resumes from is compacted: its reconnect gets 410 and lists again.
+    // An event written meanwhile is in that list, and shipped once.
     api.expire_history();
+    want.push(put(&api, backoff("g-gap", 2, 1)));
     wait_until("the relist", WAIT, || {
         metric_value(
             &metrics(node.port),
@@ -756,7 +766,7 @@ fn a_410_gone_relists_without_duplicates() {
             >= 1.0
     });
     want.push(put(&api, backoff("g4", 1, 1)));
-    assert!(rx.wait_for_entries(5, WAIT), "{}", rt.logs());
+    assert!(rx.wait_for_entries(6, WAIT), "{}", rt.logs());
     rx.wait_quiet(Duration::from_secs(1));
     assert_exactly(&rx, &want);
     let m = metrics(node.port);

@@ -12,8 +12,8 @@
 //! same resourceVersion seen again is not.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
@@ -46,10 +46,24 @@ pub struct Plan {
 const CHUNK_EVENTS: usize = 500;
 /// How often a full ring is tried again.
 const RING_RETRY: Duration = Duration::from_millis(50);
+/// How often the holder may write the Lease: acked positions are coalesced to this.
+const WRITE_EVERY: Duration = Duration::from_millis(500);
+/// One Lease call's limit (a half-open connection must not hold the loop).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The limit of each of the last two calls at shutdown (record, release).
+const FINAL_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a term as holder ended.
+enum TermEnd {
+    Lost,
+    Stopping,
+    /// The Events watch ended while ringtail was not stopping (a bug, or the runtime dying).
+    ShipEnded,
+}
 
 /// Campaigns for the Lease, ships Events while holding it, and records acked positions on it,
 /// until ringtail stops; then records the last position and releases the Lease.
-pub async fn run(client: kube::Client, plan: Plan, stop: &Stop) {
+pub async fn run(client: kube::Client, plan: Plan, stop: Arc<Stop>) {
     let Plan {
         lease,
         max_line,
@@ -57,17 +71,20 @@ pub async fn run(client: kube::Client, plan: Plan, stop: &Stop) {
         mut acks,
         finish,
     } = plan;
+    // The writer ends once every ring sender is gone: the one kept here is let go as soon as
+    // ringtail stops, whatever a Lease call is doing; shippers hold clones only while shipping.
+    let ring = Arc::new(Mutex::new(Some(ring)));
+    tokio::spawn(drop_on_stop(ring.clone(), stop.clone()));
     let mut elector = Elector::new(client.clone(), lease);
-    let mut errors = ErrorLog::new("leases");
-    let mut shipper = Shipper::new(max_line);
-    'campaign: loop {
+    let mut errors = ErrorLog::new("leases", elector.rbac_hint());
+    loop {
         METRICS.events_leader.set(0);
         // Follower: try every retry period.
         loop {
             if stop.stopping() {
-                break 'campaign;
+                return;
             }
-            match elector.try_acquire_or_renew(None).await {
+            match call(elector.try_acquire_or_renew(None, true), CALL_TIMEOUT).await {
                 Ok(true) => {
                     errors.ok();
                     break;
@@ -75,104 +92,168 @@ pub async fn run(client: kube::Client, plan: Plan, stop: &Stop) {
                 Ok(false) => errors.ok(),
                 Err(e) => errors.failed("taking the events Lease", &e),
             }
-            tokio::time::sleep(RETRY_PERIOD).await;
+            if !sleep_unless_stopping(RETRY_PERIOD, &stop).await {
+                return;
+            }
         }
+        let Some(tx) = ring.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
         METRICS.events_leader.set(1);
-        let mut on_lease = elector.position();
+        let resume = elector.position();
         log::info!(
             "{}: holding it, shipping Kubernetes Events{}",
             elector.describe(),
-            on_lease
+            resume
                 .as_ref()
                 .map(|p| format!(" after resourceVersion {}", p.resource_version))
                 .unwrap_or_default()
         );
-        shipper.last = on_lease.clone();
+        let shipper = Shipper::new(max_line, resume);
+        let mut ship = tokio::spawn(shipper.ship(client.clone(), tx, stop.clone()));
         let mut pending: Option<EventsPos> = None;
-        let mut renewed = tokio::time::Instant::now();
-        let lost = {
-            let ship = shipper.ship(client.clone(), &ring, stop);
-            tokio::pin!(ship);
-            let mut tick = tokio::time::interval(RETRY_PERIOD);
-            loop {
-                tokio::select! {
-                    () = &mut ship => break false,
-                    _ = tick.tick() => {}
-                    changed = acks.changed() => {
-                        if changed.is_err() {
-                            break false;
-                        }
-                        pending = newer(acks.borrow_and_update().clone(), &on_lease);
-                        if pending.is_none() {
-                            continue;
-                        }
-                    }
+        let mut renewed = Instant::now();
+        let mut written = Instant::now();
+        let mut tick = tokio::time::interval(WRITE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                _ = &mut ship => {
+                    break if stop.stopping() { TermEnd::Stopping } else { TermEnd::ShipEnded };
                 }
-                match elector.try_acquire_or_renew(pending.as_ref()).await {
-                    Ok(true) => {
-                        errors.ok();
-                        renewed = tokio::time::Instant::now();
-                        if let Some(p) = pending.take() {
-                            on_lease = Some(p);
-                        }
+                _ = tick.tick() => {}
+                changed = acks.changed() => {
+                    if changed.is_err() {
+                        // The writer is gone: ringtail is stopping.
+                        break TermEnd::Stopping;
                     }
-                    Ok(false) => break true,
-                    Err(e) => {
-                        errors.failed("renewing the events Lease", &e);
-                        if renewed.elapsed() > RENEW_DEADLINE {
-                            break true;
-                        }
+                    pending = acks.borrow_and_update().clone();
+                    continue;
+                }
+            }
+            if stop.stopping() {
+                break TermEnd::Stopping;
+            }
+            if pending.is_none() && written.elapsed() < RETRY_PERIOD {
+                continue;
+            }
+            written = Instant::now();
+            match call(
+                elector.try_acquire_or_renew(pending.as_ref(), false),
+                CALL_TIMEOUT,
+            )
+            .await
+            {
+                Ok(true) => {
+                    errors.ok();
+                    renewed = Instant::now();
+                    pending = None;
+                }
+                Ok(false) => break TermEnd::Lost,
+                Err(e) => {
+                    errors.failed("renewing the events Lease", &e);
+                    if renewed.elapsed() > RENEW_DEADLINE {
+                        break TermEnd::Lost;
                     }
                 }
             }
         };
-        if lost {
-            METRICS.events_leader.set(0);
-            log::warn!(
-                "{}: lost it; another pod ships Kubernetes Events now",
-                elector.describe()
-            );
-            continue;
-        }
-        // Stopping: let the writer drain (it ends once every ring sender is gone), keep the Lease
-        // until its last acks are in, record them, release.
-        drop(ring);
-        let finished = finish.notified();
-        tokio::pin!(finished);
-        let mut tick = tokio::time::interval(RETRY_PERIOD);
-        loop {
-            tokio::select! {
-                () = &mut finished => break,
-                _ = tick.tick() => {}
-                changed = acks.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    continue;
+        match end {
+            TermEnd::Stopping => {
+                finish_term(&mut elector, &mut acks, &finish, &mut errors).await;
+                return;
+            }
+            TermEnd::Lost => {
+                ship.abort();
+                METRICS.events_leader.set(0);
+                log::warn!(
+                    "{}: lost it; another pod ships Kubernetes Events now",
+                    elector.describe()
+                );
+            }
+            TermEnd::ShipEnded => {
+                log::error!(
+                    "{}: the Events watch ended unexpectedly; releasing the Lease and \
+                     campaigning again",
+                    elector.describe()
+                );
+                if let Err(e) = call(elector.release(), CALL_TIMEOUT).await {
+                    errors.failed("releasing the events Lease", &e);
                 }
             }
-            let _ = elector.try_acquire_or_renew(None).await;
         }
-        let last = newer(acks.borrow().clone(), &on_lease);
-        if let Err(e) = elector.try_acquire_or_renew(last.as_ref()).await {
-            errors.failed("recording the last Events position", &e);
-        }
-        match elector.release().await {
-            Ok(()) => log::info!("{}: released", elector.describe()),
-            Err(e) => errors.failed("releasing the events Lease", &e),
-        }
-        METRICS.events_leader.set(0);
-        return;
     }
 }
 
-/// `ack` when it is past what the Lease has.
-fn newer(ack: Option<EventsPos>, on_lease: &Option<EventsPos>) -> Option<EventsPos> {
-    let ack = ack?;
-    match on_lease {
-        Some(l) if !lease::is_after(&ack, l) => None,
-        _ => Some(ack),
+/// Stopping while holding the Lease: keep it until the writer's last acks are in (it ends once
+/// every ring sender is gone), record them, and release it so another pod takes over at once.
+async fn finish_term(
+    elector: &mut Elector,
+    acks: &mut watch::Receiver<Option<EventsPos>>,
+    finish: &Notify,
+    errors: &mut ErrorLog,
+) {
+    let finished = finish.notified();
+    tokio::pin!(finished);
+    let mut tick = tokio::time::interval(RETRY_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut finished => break,
+            _ = tick.tick() => {}
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
+        let _ = call(elector.try_acquire_or_renew(None, false), CALL_TIMEOUT).await;
     }
+    let last = acks.borrow().clone();
+    if let Err(e) = call(
+        elector.try_acquire_or_renew(last.as_ref(), false),
+        FINAL_CALL_TIMEOUT,
+    )
+    .await
+    {
+        errors.failed("recording the last Events position", &e);
+    }
+    match call(elector.release(), FINAL_CALL_TIMEOUT).await {
+        Ok(()) => log::info!("{}: released", elector.describe()),
+        Err(e) => errors.failed("releasing the events Lease", &e),
+    }
+    METRICS.events_leader.set(0);
+}
+
+/// A Lease call bounded by `limit`.
+async fn call<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+    limit: Duration,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// Sleeps `d` in short steps; false as soon as ringtail is stopping.
+async fn sleep_unless_stopping(d: Duration, stop: &Stop) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.stopping() {
+            return false;
+        }
+        tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(100))).await;
+    }
+    !stop.stopping()
+}
+
+async fn drop_on_stop(ring: Arc<Mutex<Option<RingTx>>>, stop: Arc<Stop>) {
+    while !stop.stopping() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ring.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 /// Turns Events into chunks and hands them to the writer.
@@ -182,6 +263,8 @@ struct Shipper {
     proc: Processor,
     labels: HashMap<(String, String, String), Arc<LabelSet>>,
     line: String,
+    /// Said once that an Event's resourceVersion is not a number.
+    warned_rv: bool,
 }
 
 /// Label sets kept interned; past this many (a cluster inventing namespaces or kinds), the table
@@ -189,23 +272,24 @@ struct Shipper {
 const MAX_LABEL_SETS: usize = 10_000;
 
 impl Shipper {
-    fn new(max_line: usize) -> Shipper {
+    fn new(max_line: usize, last: Option<EventsPos>) -> Shipper {
         Shipper {
-            last: None,
+            last,
             proc: Processor::new(JsonLine::Raw, max_line),
             labels: HashMap::new(),
             line: String::new(),
+            warned_rv: false,
         }
     }
 
     /// Watches Events cluster-wide and ships them, until ringtail stops.
-    async fn ship(&mut self, client: kube::Client, ring: &RingTx, stop: &Stop) {
+    async fn ship(mut self, client: kube::Client, ring: RingTx, stop: Arc<Stop>) {
         let api: Api<KubeEvent> = Api::all(client);
         let mut stream = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
-        let mut errors = ErrorLog::new("events");
-        let (_, _, relists) = METRICS.kube("events");
+        let mut errors = ErrorLog::new("events", "the ClusterRole grants events list/watch");
+        let relists = METRICS.kube_relists("events");
         let mut listed: Vec<KubeEvent> = Vec::new();
         let mut first_list = true;
         let mut check_stop = tokio::time::interval(Duration::from_millis(200));
@@ -214,52 +298,65 @@ impl Shipper {
                 ev = stream.next() => ev,
                 _ = check_stop.tick() => continue,
             };
-            let Some(ev) = ev else { return };
             match ev {
-                Err(e) => errors.failed("watching Events", &e),
+                None => return,
+                Some(Err(e)) => errors.failed("watching Events", &e),
                 // `Init` comes before the list is tried: it says nothing of the API.
-                Ok(Event::Init) => listed.clear(),
-                Ok(ev) => {
+                Some(Ok(Event::Init)) => listed.clear(),
+                Some(Ok(Event::InitApply(e))) => {
                     errors.ok();
-                    match ev {
-                        Event::Init => {}
-                        Event::InitApply(e) => listed.push(e),
-                        Event::InitDone => {
-                            if !first_list {
-                                relists.inc();
-                            }
-                            first_list = false;
-                            listed.sort_by_key(|e| rv_number(e).unwrap_or(u64::MAX));
-                            let all = std::mem::take(&mut listed);
-                            self.send(all, ring, stop).await;
-                        }
-                        Event::Apply(e) => self.send(vec![e], ring, stop).await,
-                        Event::Delete(_) => {}
+                    // Only what is new is kept: a large cluster's list is mostly shipped.
+                    if self.is_new(&e) {
+                        listed.push(e);
                     }
                 }
+                Some(Ok(Event::InitDone)) => {
+                    errors.ok();
+                    if !first_list {
+                        relists.inc();
+                    }
+                    first_list = false;
+                    listed.sort_by_key(|e| rv_number(e).unwrap_or(u64::MAX));
+                    let all = std::mem::take(&mut listed);
+                    self.send(all, &ring, &stop).await;
+                }
+                Some(Ok(Event::Apply(e))) => {
+                    errors.ok();
+                    if self.is_new(&e) {
+                        self.send(vec![e], &ring, &stop).await;
+                    }
+                }
+                Some(Ok(Event::Delete(_))) => errors.ok(),
             }
         }
     }
 
-    /// Ships the Events past `last`, in chunks, each carrying the position of its last Event.
+    /// False (and counted) for an Event at or before the last one shipped. An Event whose
+    /// resourceVersion is not a number (no API server does that) cannot be placed: it is shipped,
+    /// and never becomes the position.
+    fn is_new(&mut self, e: &KubeEvent) -> bool {
+        let (Some(rv), Some(last)) = (rv_number(e), self.last_rv()) else {
+            return true;
+        };
+        if rv <= last {
+            METRICS.events_skipped.inc();
+            return false;
+        }
+        true
+    }
+
+    fn last_rv(&self) -> Option<u64> {
+        self.last.as_ref()?.resource_version.parse().ok()
+    }
+
+    /// Ships `events` (already filtered by [`Shipper::is_new`]) in chunks, each carrying the
+    /// position of its last Event with a numeric resourceVersion.
     async fn send(&mut self, events: Vec<KubeEvent>, ring: &RingTx, stop: &Stop) {
         let mut chunk: Option<Chunk> = None;
         for e in &events {
             let Some(r) = render(e, &mut self.line) else {
                 continue;
             };
-            let pos = EventsPos {
-                resource_version: e.metadata.resource_version.clone().unwrap_or_default(),
-                ts_ns: r.ts_ns,
-            };
-            if self
-                .last
-                .as_ref()
-                .is_some_and(|l| !lease::is_after(&pos, l))
-            {
-                METRICS.events_skipped.inc();
-                continue;
-            }
             let labels = self.label_set(&r);
             let c = chunk.get_or_insert_with(|| ring.chunk(labels.clone()));
             let idx = c.label_index(&labels);
@@ -277,8 +374,22 @@ impl Shipper {
             );
             METRICS.add_line_counts(before, self.proc.counts);
             METRICS.events_shipped.inc();
-            c.advance = Some(Advance::Events(pos.clone()));
-            self.last = Some(pos);
+            if rv_number(e).is_some() {
+                let pos = EventsPos {
+                    resource_version: e.metadata.resource_version.clone().unwrap_or_default(),
+                    ts_ns: r.ts_ns,
+                };
+                c.advance = Some(Advance::Events(pos.clone()));
+                self.last = Some(pos);
+            } else if !self.warned_rv {
+                self.warned_rv = true;
+                log::warn!(
+                    "Event {:?} has resourceVersion {:?}, not a number; it is shipped but cannot \
+                     be a resume position (a relist may ship such Events again)",
+                    e.metadata.name,
+                    e.metadata.resource_version
+                );
+            }
             if c.entries.len() >= CHUNK_EVENTS {
                 if let Some(full) = chunk.take() {
                     if !hand_off(full, ring, stop).await {

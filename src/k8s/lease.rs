@@ -73,14 +73,43 @@ impl Elector {
         )
     }
 
-    /// One attempt to take or keep the Lease, writing `position` into it when given. `Ok(true)`:
-    /// this pod holds it now.
+    /// Where a failing Lease call should be looked for.
+    pub fn rbac_hint(&self) -> String {
+        format!(
+            "the Role in {} (logs.events.lease_namespace) grants leases get/create/update, and \
+             logs.events.lease_name {:?} is a valid name",
+            self.plan.namespace, self.plan.name
+        )
+    }
+
+    /// One attempt to keep the Lease, or with `take` to take it when it is free or expired,
+    /// writing `position` into it when it is past the one it holds. `Ok(true)`: this pod holds
+    /// it now. A conflict (someone else wrote it in between) is read again once: an edit that
+    /// left this pod the holder (an annotation added with kubectl) does not end its term.
     pub async fn try_acquire_or_renew(
         &mut self,
         position: Option<&EventsPos>,
+        take: bool,
+    ) -> Result<bool, kube::Error> {
+        for _ in 0..2 {
+            match self.attempt(position, take).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                other => return other,
+            }
+        }
+        Ok(false)
+    }
+
+    async fn attempt(
+        &mut self,
+        position: Option<&EventsPos>,
+        take: bool,
     ) -> Result<bool, kube::Error> {
         let now = MicroTime(Timestamp::now());
         let Some(existing) = self.api.get_opt(&self.plan.name).await? else {
+            if !take {
+                return Ok(false);
+            }
             let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.plan.name.clone()),
@@ -97,11 +126,8 @@ impl Elector {
                 }),
             };
             set_position(&mut lease, position);
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(l) => self.took(l),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+            let created = self.api.create(&PostParams::default(), &lease).await?;
+            return Ok(self.took(created));
         };
         let rv = existing
             .metadata
@@ -116,16 +142,17 @@ impl Elector {
                 at
             }
         };
-        let spec = existing.spec.clone().unwrap_or_default();
+        let mut spec = existing.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
         let mine = holder == self.plan.identity;
-        if !holder.is_empty() && !mine && observed_at.elapsed() < duration {
+        let free = holder.is_empty() || observed_at.elapsed() >= duration;
+        let may_write = mine || (take && free);
+        if !may_write {
             self.current = Some(existing);
             return Ok(false);
         }
         let mut lease = existing;
-        let mut spec = spec;
         if !mine {
             spec.acquire_time = Some(now.clone());
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -135,25 +162,21 @@ impl Elector {
         spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
         lease.spec = Some(spec);
         set_position(&mut lease, position);
-        match self
+        let written = self
             .api
             .replace(&self.plan.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(l) => self.took(l),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(self.took(written))
     }
 
-    fn took(&mut self, l: Lease) -> Result<bool, kube::Error> {
+    fn took(&mut self, l: Lease) -> bool {
         self.observed = l
             .metadata
             .resource_version
             .clone()
             .map(|rv| (rv, Instant::now()));
         self.current = Some(l);
-        Ok(true)
+        true
     }
 
     /// Gives the Lease up (client-go's release on cancel), so another pod takes over at once
@@ -181,13 +204,7 @@ impl Elector {
 
     /// The position recorded on the Lease as last read.
     pub fn position(&self) -> Option<EventsPos> {
-        let raw = self
-            .current
-            .as_ref()?
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(POSITION_ANNOTATION)?;
+        let raw = stored_position(self.current.as_ref()?)?;
         match parse_position(raw) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -202,14 +219,32 @@ impl Elector {
     }
 }
 
+fn stored_position(lease: &Lease) -> Option<&String> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(POSITION_ANNOTATION)
+}
+
+/// Writes `position` on the Lease when it is past the one there: the annotation never goes
+/// back (an ack from an earlier term arriving late, or another holder having moved it on).
 fn set_position(lease: &mut Lease, position: Option<&EventsPos>) {
-    if let Some(p) = position {
-        lease
-            .metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(POSITION_ANNOTATION.to_string(), render_position(p));
+    let Some(p) = position else { return };
+    let Ok(new_rv) = p.resource_version.parse::<u64>() else {
+        return;
+    };
+    let stored_rv = stored_position(lease)
+        .and_then(|raw| parse_position(raw).ok())
+        .and_then(|s| s.resource_version.parse::<u64>().ok());
+    if stored_rv.is_some_and(|old| old >= new_rv) {
+        return;
     }
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(POSITION_ANNOTATION.to_string(), render_position(p));
 }
 
 fn render_position(p: &EventsPos) -> String {
@@ -234,18 +269,6 @@ fn parse_position(raw: &str) -> Result<EventsPos, String> {
     })
 }
 
-/// Whether `a` is past `b`: by resourceVersion (etcd's revision, which only grows) when both are
-/// numbers, as they are on every API server; else by timestamp.
-pub fn is_after(a: &EventsPos, b: &EventsPos) -> bool {
-    match (
-        a.resource_version.parse::<u64>(),
-        b.resource_version.parse::<u64>(),
-    ) {
-        (Ok(x), Ok(y)) => x > y,
-        _ => a.ts_ns > b.ts_ns,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,15 +290,26 @@ mod tests {
     }
 
     #[test]
-    fn order_is_by_resource_version_else_time() {
-        let p = |rv: &str, ts| EventsPos {
+    fn the_annotation_never_goes_back() {
+        let p = |rv: &str| EventsPos {
             resource_version: rv.into(),
-            ts_ns: ts,
+            ts_ns: 1_732_530_000_000_000_000,
         };
-        assert!(is_after(&p("10", 1), &p("9", 5)));
-        assert!(!is_after(&p("9", 5), &p("10", 1)));
-        assert!(!is_after(&p("9", 5), &p("9", 5)));
-        assert!(is_after(&p("x", 6), &p("9", 5)));
-        assert!(!is_after(&p("x", 5), &p("9", 5)));
+        let at = |l: &Lease| {
+            stored_position(l)
+                .and_then(|raw| parse_position(raw).ok())
+                .map(|p| p.resource_version)
+        };
+        let mut lease = Lease::default();
+        set_position(&mut lease, Some(&p("10")));
+        assert_eq!(at(&lease).as_deref(), Some("10"));
+        set_position(&mut lease, Some(&p("9")));
+        assert_eq!(at(&lease).as_deref(), Some("10"));
+        set_position(&mut lease, Some(&p("x")));
+        assert_eq!(at(&lease).as_deref(), Some("10"));
+        set_position(&mut lease, None);
+        assert_eq!(at(&lease).as_deref(), Some("10"));
+        set_position(&mut lease, Some(&p("11")));
+        assert_eq!(at(&lease).as_deref(), Some("11"));
     }
 }

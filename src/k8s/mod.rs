@@ -97,9 +97,13 @@ pub fn start(
 impl Kube {
     /// Called once the writer has stopped (its last acks are in): the Events holder records the
     /// last position and releases the Lease, so another pod takes over at once.
-    pub fn finish(self) {
+    pub fn finish(self, stop: &Stop) {
         self.finish.notify_one();
-        let deadline = Instant::now() + FINISH_WITHIN;
+        // Within the exit deadline: `Stop`'s grace keeps a second of slack for this.
+        let left = stop
+            .remaining()
+            .map_or(FINISH_WITHIN, |r| r + Duration::from_millis(500));
+        let deadline = Instant::now() + FINISH_WITHIN.min(left);
         while !self.thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -150,7 +154,7 @@ async fn run(
     };
     let events_task = async {
         if let Some(e) = events {
-            events::run(client.clone(), e, &stop).await;
+            events::run(client.clone(), e, stop.clone()).await;
         }
     };
     tokio::join!(pods_task, events_task);
@@ -162,6 +166,11 @@ async fn client() -> Result<kube::Client, String> {
     // kube-client would retry 429/503 itself for minutes, hiding an unavailable API from the
     // metrics and the log; the watchers and the Lease loop retry with their own backoff.
     config.default_retry = false;
+    // A list (or any call) on a half-open connection would otherwise wait forever; watches get
+    // a bookmark or an event well within this, and end server-side after 290 s anyway.
+    config.read_timeout = Some(Duration::from_secs(295));
+    config.reset_reader_on_write = true;
+    config.connect_timeout = Some(Duration::from_secs(10));
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
@@ -170,6 +179,8 @@ async fn client() -> Result<kube::Client, String> {
 /// `ringtail_kube_errors_total` for the resource.
 pub struct ErrorLog {
     resource: &'static str,
+    /// What to check, named by setting or RBAC object.
+    hint: String,
     up: Gauge,
     errors: Counter,
     /// Failures since the last success, and when the last line about them was logged.
@@ -179,10 +190,11 @@ pub struct ErrorLog {
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl ErrorLog {
-    pub fn new(resource: &'static str) -> ErrorLog {
-        let (up, errors, _) = METRICS.kube(resource);
+    pub fn new(resource: &'static str, hint: impl Into<String>) -> ErrorLog {
+        let (up, errors) = METRICS.kube_status(resource);
         ErrorLog {
             resource,
+            hint: hint.into(),
             up,
             errors,
             failing: None,
@@ -206,10 +218,10 @@ impl ErrorLog {
             None => {
                 self.failing = Some((1, Instant::now()));
                 log::warn!(
-                    "kube API ({}): {what}: {e}; retrying with backoff. Logs keep flowing; check \
-                     the API server, and the ClusterRole (pods get/list/watch, events list/watch, \
-                     leases get/create/update)",
-                    self.resource
+                    "kube API ({}): {what}: {e}; retrying with backoff (logs keep flowing). \
+                     Check that the API server is reachable and that {}",
+                    self.resource,
+                    self.hint
                 );
             }
             Some((n, at)) => {

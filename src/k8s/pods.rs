@@ -66,11 +66,18 @@ impl PodCache {
 
     fn publish(&self, pods: &HashMap<String, Known>) {
         let mut by_id = HashMap::with_capacity(pods.len() * 2);
-        for (uid, k) in pods {
-            if let Some(h) = &k.config_hash {
-                by_id.insert(h.clone(), k.labels.clone());
+        // Deleted pods first: a static pod's new mirror pod (same config hash) wins over the
+        // deleted one still in its grace period.
+        for deleted in [true, false] {
+            for (uid, k) in pods
+                .iter()
+                .filter(|(_, k)| k.deleted_at.is_some() == deleted)
+            {
+                if let Some(h) = &k.config_hash {
+                    by_id.insert(h.clone(), k.labels.clone());
+                }
+                by_id.insert(uid.clone(), k.labels.clone());
             }
-            by_id.insert(uid.clone(), k.labels.clone());
         }
         self.by_id.store(Arc::new(by_id));
     }
@@ -101,38 +108,27 @@ pub async fn watch(client: kube::Client, plan: Plan, stop: &Stop) {
     let mut pods: HashMap<String, Known> = HashMap::new();
     // UIDs listed since the last `Init`: what is not among them at `InitDone` was deleted.
     let mut listing: Option<HashSet<String>> = None;
-    let mut errors = ErrorLog::new("pods");
-    let (_, _, relists) = METRICS.kube("pods");
+    let mut errors = ErrorLog::new("pods", "the ClusterRole grants pods get/list/watch");
+    let relists = METRICS.kube_relists("pods");
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut first_list = true;
     while !stop.stopping() {
         tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else { break };
-                let ev = match ev {
-                    // `Init` comes before the list is tried: it says nothing of the API.
-                    Ok(Event::Init) => {
-                        listing = Some(HashSet::new());
-                        continue;
-                    }
-                    Ok(ev) => {
-                        errors.ok();
-                        ev
-                    }
-                    Err(e) => {
-                        errors.failed("watching this node's pods", &e);
-                        continue;
-                    }
-                };
                 let now = Instant::now();
                 match ev {
-                    Event::Init => continue,
-                    Event::InitApply(p) => {
+                    Err(e) => errors.failed("watching this node's pods", &e),
+                    // `Init` comes before the list is tried: it says nothing of the API.
+                    Ok(Event::Init) => listing = Some(HashSet::new()),
+                    Ok(Event::InitApply(p)) => {
+                        errors.ok();
                         if let (Some(uid), Some(l)) = (upsert(&mut pods, &p), listing.as_mut()) {
                             l.insert(uid);
                         }
                     }
-                    Event::InitDone => {
+                    Ok(Event::InitDone) => {
+                        errors.ok();
                         if let Some(listed) = listing.take() {
                             for (uid, k) in pods.iter_mut() {
                                 if !listed.contains(uid) && k.deleted_at.is_none() {
@@ -144,20 +140,23 @@ pub async fn watch(client: kube::Client, plan: Plan, stop: &Stop) {
                             relists.inc();
                         }
                         first_list = false;
+                        plan.cache.publish(&pods);
                         plan.cache.state.store(SYNCED, Ordering::Release);
                         log::debug!("kube API: {} pods on node {}", pods.len(), plan.node);
                     }
-                    Event::Apply(p) => {
+                    Ok(Event::Apply(p)) => {
+                        errors.ok();
                         upsert(&mut pods, &p);
+                        plan.cache.publish(&pods);
                     }
-                    Event::Delete(p) => {
+                    // Kept for the grace period: nothing to publish yet.
+                    Ok(Event::Delete(p)) => {
+                        errors.ok();
                         if let Some(k) = p.metadata.uid.as_deref().and_then(|u| pods.get_mut(u)) {
                             k.deleted_at = Some(now);
                         }
-                        continue;
                     }
                 }
-                plan.cache.publish(&pods);
             }
             _ = sweep.tick() => {
                 let before = pods.len();

@@ -14,11 +14,11 @@ struct StderrLogger {
 }
 
 impl log::Log for StderrLogger {
-    /// Libraries' own records (kube-client logs every failed request at error level) only at
-    /// `log.level: debug`: ringtail logs each failure itself, once, with what to do about it.
+    /// kube-client's own records only at `log.level: debug`: it logs every failed request at
+    /// error level, and ringtail logs each failure itself, once, with what to do about it.
     fn enabled(&self, m: &log::Metadata) -> bool {
         m.level() <= self.max
-            && (self.max >= log::LevelFilter::Debug || m.target().starts_with("ringtail"))
+            && (self.max >= log::LevelFilter::Debug || !m.target().starts_with("kube"))
     }
 
     fn log(&self, r: &log::Record) {

@@ -304,14 +304,19 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Handles for the kube API metrics of one resource.
-    pub fn kube(&self, resource: &'static str) -> (Gauge, Counter, Counter) {
+    /// `ringtail_kube_up` and `ringtail_kube_errors_total` of one resource.
+    pub fn kube_status(&self, resource: &'static str) -> (Gauge, Counter) {
         let l = vec![("resource", resource.to_string())];
         (
             self.kube_up.get_or_create(&l).clone(),
             self.kube_errors.get_or_create(&l).clone(),
-            self.kube_relists.get_or_create(&l).clone(),
         )
+    }
+
+    pub fn kube_relists(&self, resource: &'static str) -> Counter {
+        self.kube_relists
+            .get_or_create(&vec![("resource", resource.to_string())])
+            .clone()
     }
 
     pub fn lost(&self, reason: &'static str, bytes: u64) {

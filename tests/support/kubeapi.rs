@@ -4,7 +4,11 @@
 //! can talk to it through the kubeconfig [`FakeKubeApi::write_kubeconfig`] writes: JSON bodies,
 //! `Status` objects for errors, and watches as chunked streams of one JSON event per line, each
 //! flushed as its own chunk. Resources: pods and events (core/v1) and leases
-//! (coordination.k8s.io/v1), each with list, watch, get, create, replace, merge-patch and delete.
+//! (coordination.k8s.io/v1), each with list (paged with `limit` and `continue`), watch (with
+//! bookmarks), get, create (POST) and replace (PUT, with `resourceVersion` conflicts). That is
+//! what ringtail sends: kube-runtime's watcher on pods and events, and its Lease loop of GET,
+//! POST and PUT. Pods and events change through the test-facing writes
+//! ([`FakeKubeApi::put_pod`], ...).
 //!
 //! Storage works like etcd behind an API server: one global revision counter gives every write
 //! its `resourceVersion`, and every change is kept in a per-resource history. That is what lets a
@@ -14,6 +18,8 @@
 //! one that stops matching as DELETED, as the API server's watch cache sends them.
 //!
 //! Deliberate differences from a real API server:
+//! - Not served: PATCH and DELETE (405), `GET /version` and discovery (404), and any resource
+//!   but the three above (404). ringtail sends none of them.
 //! - No authentication or authorization: the kubeconfig carries a token, any request is served.
 //! - No defaulting, admission or validation beyond what the protocol needs (names required,
 //!   namespace and name consistent with the URL).
@@ -21,9 +27,7 @@
 //!   so that tests see them quickly.
 //! - `sendInitialEvents` (streaming lists) is refused with 422, as by a server without the
 //!   `WatchList` feature gate.
-//! - Strategic merge patches are applied as JSON merge patches (the same for leases, whose only
-//!   list is `ownerReferences`); JSON patches and server-side apply get 415.
-//! - DELETE removes at once: no graceful deletion, no finalizers.
+//! - [`FakeKubeApi::delete_pod`] removes at once: no graceful deletion, no finalizers.
 //! - Field selector values cannot contain escaped `,` or `=`.
 //! - The test-facing writes ([`FakeKubeApi::put_pod`], ...) always make a new revision, even
 //!   when nothing changed; HTTP writes that change nothing keep the revision, as etcd does.
@@ -53,10 +57,6 @@ pub const TOKEN: &str = "test-token";
 
 /// A watch without `timeoutSeconds` ends after this long (a real server picks 30 to 60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
-
-/// How often an idle watch checks that its client is still connected, so that
-/// [`FakeKubeApi::open_watches`] drops a stream soon after its client went away.
-const PEER_CHECK: Duration = Duration::from_millis(100);
 
 /// Largest request body accepted (the API server's limit, 3 MiB); larger gets 413.
 const MAX_BODY: usize = 3 << 20;
@@ -99,10 +99,6 @@ impl FakeKubeApi {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
     }
 
     /// Writes a kubeconfig whose current context reaches this server as a user with the bearer
@@ -209,7 +205,11 @@ impl FakeKubeApi {
     /// Deletes a pod (a DELETED event whose object carries the deletion's revision). Panics when
     /// there is no such pod.
     pub fn delete_pod(&self, ns: &str, name: &str) {
-        self.delete(Res::Pods, ns, name);
+        let mut st = self.state();
+        if st.remove(Res::Pods, &object_key(ns, name)).is_none() {
+            panic!("FakeKubeApi: no pod {ns}/{name} to delete");
+        }
+        self.shared.cond.notify_all();
     }
 
     /// Stores an event (ADDED when new, else MODIFIED) and returns its new `resourceVersion`.
@@ -240,17 +240,6 @@ impl FakeKubeApi {
         self.put(Res::Events, ev)
     }
 
-    /// Deletes an event. Panics when there is no such event.
-    pub fn delete_event(&self, ns: &str, name: &str) {
-        self.delete(Res::Events, ns, name);
-    }
-
-    /// The stored pod. Panics when there is none.
-    pub fn pod_object(&self, ns: &str, name: &str) -> Value {
-        self.stored(Res::Pods, ns, name)
-            .unwrap_or_else(|| panic!("FakeKubeApi: no pod {ns}/{name}"))
-    }
-
     /// The stored event (with what the server added). Panics when there is none.
     pub fn event_object(&self, ns: &str, name: &str) -> Value {
         self.stored(Res::Events, ns, name)
@@ -262,31 +251,26 @@ impl FakeKubeApi {
         self.stored(Res::Leases, ns, name)
     }
 
-    /// Stores a lease as given (test setup: another holder's lease, say), with a new
-    /// `resourceVersion` and, when missing, a `uid` and `creationTimestamp`.
-    pub fn put_lease_raw(&self, lease: Value) {
-        self.put(Res::Leases, lease);
-    }
-
     /// The current revision (the `resourceVersion` of the latest write; "0" before any).
     pub fn resource_version(&self) -> String {
         self.state().rv.to_string()
     }
 
-    /// Compacts the history up to the current revision, as etcd compaction does: a watch or a
-    /// list continuation from an older revision gets 410 Expired. Also ends every open watch
-    /// stream, so that clients reconnect from their last revision and meet the 410.
+    /// Compacts away every revision handed out so far, as etcd compaction does, and ends every
+    /// open watch stream cleanly: a client resuming from any revision it has seen (an object's,
+    /// a list's, a BOOKMARK's) gets 410 Expired, in the stream for a watch, as does a list
+    /// continuation or an exact list at such a revision. A list made afterwards is at a new
+    /// revision, from which a watch works.
+    ///
+    /// It first makes a revision of its own (a write to nothing watched, as other resources'
+    /// writes are in a real cluster), so that the 410 does not depend on whether something was
+    /// written after the last BOOKMARK: bookmarks carry the current revision, and a compaction
+    /// at that revision would leave a watch from it valid.
     pub fn expire_history(&self) {
         let mut st = self.state();
+        st.rv += 1;
         st.compacted = st.rv;
         st.watch_epoch += 1;
-        self.shared.cond.notify_all();
-    }
-
-    /// Ends every open watch stream cleanly (as a watch timeout does); clients reconnect from
-    /// their last revision.
-    pub fn close_watches(&self) {
-        self.state().watch_epoch += 1;
         self.shared.cond.notify_all();
     }
 
@@ -308,11 +292,6 @@ impl FakeKubeApi {
         self.state().requests.clone()
     }
 
-    /// Watch streams open now.
-    pub fn open_watches(&self) -> usize {
-        self.state().open_watches
-    }
-
     fn put(&self, res: Res, obj: Value) -> String {
         let (ns, name) = (meta_str(&obj, "namespace"), meta_str(&obj, "name"));
         assert!(
@@ -324,14 +303,6 @@ impl FakeKubeApi {
         let stored = st.write(res, obj);
         self.shared.cond.notify_all();
         meta_str(&stored, "resourceVersion").to_string()
-    }
-
-    fn delete(&self, res: Res, ns: &str, name: &str) {
-        let mut st = self.state();
-        if st.remove(res, &object_key(ns, name)).is_none() {
-            panic!("FakeKubeApi: no {} {ns}/{name} to delete", res.kind());
-        }
-        self.shared.cond.notify_all();
     }
 
     fn stored(&self, res: Res, ns: &str, name: &str) -> Option<Value> {
@@ -558,7 +529,7 @@ impl Shared {
 struct State {
     /// The latest revision handed out (etcd's revision); 0 before the first write.
     rv: u64,
-    /// Revisions below this one are compacted away.
+    /// Revisions below this one are compacted away (410 Expired).
     compacted: u64,
     /// By [`Res::index`].
     stores: [Store; 3],
@@ -567,7 +538,6 @@ struct State {
     down: bool,
     /// Bumped to end every open watch stream.
     watch_epoch: u64,
-    open_watches: usize,
     conns: HashMap<u64, TcpStream>,
     next_conn: u64,
 }
@@ -750,9 +720,7 @@ fn serve_conn(shared: &Shared, stream: TcpStream) {
             Reply::Json((status, body)) => {
                 write_json(&mut writer, status, &body, !keep_alive).is_ok()
             }
-            Reply::Watch(spec) => {
-                serve_watch(shared, &mut writer, reader.get_ref(), spec, !keep_alive)
-            }
+            Reply::Watch(spec) => serve_watch(shared, &mut writer, spec, !keep_alive),
         };
         if !reusable || !keep_alive {
             break;
@@ -831,7 +799,6 @@ fn reason_phrase(status: u16) -> &'static str {
         409 => "Conflict",
         410 => "Gone",
         413 => "Request Entity Too Large",
-        415 => "Unsupported Media Type",
         422 => "Unprocessable Entity",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -869,9 +836,6 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
             None,
         ));
     }
-    if req.path == "/version" && req.method == "GET" {
-        return Reply::Json((200, version()));
-    }
     let Some(t) = parse_path(&req.path) else {
         return Reply::Json(status(
             404,
@@ -897,15 +861,6 @@ fn handle(shared: &Shared, req: &Request) -> Reply {
             .map(|o| (200, o.clone()))
             .ok_or_else(|| not_found(res, name)),
         ("PUT", Some(name)) => replace(&mut st, res, ns.unwrap_or(""), name, &req.body),
-        ("PATCH", Some(name)) => patch(
-            &mut st,
-            res,
-            ns.unwrap_or(""),
-            name,
-            req.headers.get("content-type").map(String::as_str),
-            &req.body,
-        ),
-        ("DELETE", Some(name)) => delete(&mut st, res, ns.unwrap_or(""), name),
         _ => Err(method_not_allowed()),
     };
     shared.cond.notify_all();
@@ -944,20 +899,6 @@ fn parse_path(path: &str) -> Option<Target> {
         res,
         namespace: namespace.map(str::to_string),
         name: name.map(str::to_string),
-    })
-}
-
-fn version() -> Value {
-    json!({
-        "major": "1",
-        "minor": "31",
-        "gitVersion": "v1.31.0",
-        "gitCommit": "0123456789abcdef0123456789abcdef01234567",
-        "gitTreeState": "clean",
-        "buildDate": "2024-08-13T07:28:49Z",
-        "goVersion": "go1.22.5",
-        "compiler": "gc",
-        "platform": "linux/amd64",
     })
 }
 
@@ -1319,28 +1260,23 @@ fn watch_reply(res: Res, opts: ListOptions) -> Reply {
 enum WatchEnd {
     /// `timeoutSeconds` passed.
     Timeout,
-    /// [`FakeKubeApi::close_watches`] or [`FakeKubeApi::expire_history`].
+    /// [`FakeKubeApi::expire_history`].
     Closed,
     /// [`FakeKubeApi::set_down`]: end the stream and close the connection.
     Down,
-    /// The client went away or a write failed.
+    /// A write failed: the client went away. (An idle stream notices at its next event or
+    /// bookmark, within [`BOOKMARK_INTERVAL`] for kube-runtime's watches.)
     PeerGone,
     /// The server is being dropped.
     Stopped,
 }
 
 /// Streams a watch. True when the connection may serve another request.
-fn serve_watch(
-    shared: &Shared,
-    w: &mut TcpStream,
-    peer: &TcpStream,
-    spec: WatchSpec,
-    close: bool,
-) -> bool {
-    // Register, and take the starting point and the initial events under one lock, so that no
+fn serve_watch(shared: &Shared, w: &mut TcpStream, spec: WatchSpec, close: bool) -> bool {
+    // Take the starting point, the initial events and the epoch under one lock, so that no
     // change falls between them and the live part of the stream.
     let (initial, cursor, epoch) = {
-        let mut st = shared.lock();
+        let st = shared.lock();
         if let Some(from) = spec.from.filter(|&r| r < st.compacted) {
             // As real servers answer: 200, one ERROR event, the end of the stream.
             let (_, err) = too_old(from, st.compacted);
@@ -1351,7 +1287,6 @@ fn serve_watch(
                 .and_then(|()| write_last_chunk(w))
                 .is_ok();
         }
-        st.open_watches += 1;
         let store = &st.stores[spec.res.index()];
         let (initial, cursor) = match spec.from {
             None => (
@@ -1367,14 +1302,7 @@ fn serve_watch(
         };
         (initial, cursor, st.watch_epoch)
     };
-    shared.cond.notify_all();
-    let end = stream_watch(shared, w, peer, &spec, initial, cursor, epoch, close);
-    {
-        let mut st = shared.lock();
-        st.open_watches -= 1;
-    }
-    shared.cond.notify_all();
-    match end {
+    match stream_watch(shared, w, &spec, initial, cursor, epoch, close) {
         WatchEnd::Timeout | WatchEnd::Closed => write_last_chunk(w).is_ok(),
         WatchEnd::Down => {
             let _ = write_last_chunk(w);
@@ -1388,15 +1316,12 @@ fn serve_watch(
 enum Step {
     Send(Vec<Value>),
     Bookmark(u64),
-    CheckPeer,
     End(WatchEnd),
 }
 
-#[allow(clippy::too_many_arguments)]
 fn stream_watch(
     shared: &Shared,
     w: &mut TcpStream,
-    peer: &TcpStream,
     spec: &WatchSpec,
     initial: Vec<Value>,
     mut cursor: usize,
@@ -1406,7 +1331,6 @@ fn stream_watch(
     let start = Instant::now();
     let deadline = start + spec.timeout;
     let mut next_bookmark = start + BOOKMARK_INTERVAL;
-    let mut next_peer_check = start + PEER_CHECK;
     let min_rv = spec.from.unwrap_or(0);
     if write_watch_head(w, close).is_err() {
         return WatchEnd::PeerGone;
@@ -1451,11 +1375,7 @@ fn stream_watch(
                     // Every change up to st.rv has been sent (or filtered out) by now.
                     break Step::Bookmark(st.rv);
                 }
-                if now >= next_peer_check {
-                    next_peer_check = now + PEER_CHECK;
-                    break Step::CheckPeer;
-                }
-                let mut wake = deadline.min(next_peer_check);
+                let mut wake = deadline;
                 if spec.bookmarks {
                     wake = wake.min(next_bookmark);
                 }
@@ -1480,8 +1400,6 @@ fn stream_watch(
                     },
                 }),
             ),
-            Step::CheckPeer if peer_closed(peer) => return WatchEnd::PeerGone,
-            Step::CheckPeer => Ok(()),
         };
         if sent.is_err() {
             return WatchEnd::PeerGone;
@@ -1515,23 +1433,6 @@ fn write_event(w: &mut TcpStream, event: &Value) -> io::Result<()> {
 fn write_last_chunk(w: &mut TcpStream) -> io::Result<()> {
     w.write_all(b"0\r\n\r\n")?;
     w.flush()
-}
-
-/// True when the client has closed its end (a peek returns EOF). The client sends nothing while
-/// a watch streams, so anything else means it is still there.
-fn peer_closed(s: &TcpStream) -> bool {
-    if s.set_read_timeout(Some(Duration::from_millis(1))).is_err() {
-        return true;
-    }
-    let closed = match s.peek(&mut [0u8; 1]) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-        ),
-    };
-    let _ = s.set_read_timeout(None);
-    closed
 }
 
 fn watch_event(kind: &str, object: &Value) -> Value {
@@ -1601,97 +1502,6 @@ fn replace(st: &mut State, res: Res, ns: &str, name: &str, body: &[u8]) -> Resul
         return Err(conflict(res, name));
     }
     Ok((200, st.update(res, obj, &cur)))
-}
-
-fn patch(
-    st: &mut State,
-    res: Res,
-    ns: &str,
-    name: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<Answer, Answer> {
-    let media = content_type
-        .and_then(|c| c.split(';').next())
-        .unwrap_or("")
-        .trim();
-    if media != "application/merge-patch+json" && media != "application/strategic-merge-patch+json"
-    {
-        return Err(status(
-            415,
-            "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format - accepted media types \
-                 include: application/merge-patch+json, application/strategic-merge-patch+json \
-                 (got {media:?})"
-            ),
-            None,
-        ));
-    }
-    let cur = st.stores[res.index()]
-        .objects
-        .get(&object_key(ns, name))
-        .cloned()
-        .ok_or_else(|| not_found(res, name))?;
-    let p: Value = serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("error decoding patch: {e}")))?;
-    if !p.is_object() {
-        return Err(bad_request("the patch is not a JSON object".to_string()));
-    }
-    let want = p["metadata"]["resourceVersion"].as_str().unwrap_or("");
-    if !want.is_empty() && want != meta_str(&cur, "resourceVersion") {
-        return Err(conflict(res, name));
-    }
-    let mut obj = cur.clone();
-    merge_patch(&mut obj, &p);
-    if !obj["metadata"].is_object() {
-        return Err(bad_request("the patch removes metadata".to_string()));
-    }
-    obj["metadata"]["name"] = json!(name);
-    obj["metadata"]["namespace"] = json!(ns);
-    Ok((200, st.update(res, obj, &cur)))
-}
-
-fn delete(st: &mut State, res: Res, ns: &str, name: &str) -> Result<Answer, Answer> {
-    let obj = st
-        .remove(res, &object_key(ns, name))
-        .ok_or_else(|| not_found(res, name))?;
-    if res == Res::Pods {
-        // Pods answer with the object, the others with a Success status.
-        return Ok((200, obj));
-    }
-    let mut d = details(res, name);
-    d["uid"] = json!(meta_str(&obj, "uid"));
-    Ok((
-        200,
-        json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Success",
-            "details": d,
-        }),
-    ))
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
 }
 
 /// A JSON object with an object (or no) `metadata`.

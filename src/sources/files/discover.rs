@@ -493,7 +493,12 @@ impl Discovery {
                 Some(k) => Some(same_file(&k.path, &found.path, k.fingerprint)),
                 None => None,
             };
-            if let Some(k) = self.known.get_mut(&key) {
+            // Not for a reused inode (`Some(false)`): that is another file, added below.
+            if let Some(k) = self
+                .known
+                .get_mut(&key)
+                .filter(|_| renamed_in_place != Some(false))
+            {
                 if k.labels_pending && found.meta == MetaState::Final {
                     k.labels_pending = false;
                     if let Some(t) = k.tailer {

@@ -184,6 +184,15 @@ impl Advance {
             Advance::Journal { .. } | Advance::Events(_) => None,
         }
     }
+
+    /// The source the position belongs to.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Advance::File(a) => a.source,
+            Advance::Journal { .. } => "journal",
+            Advance::Events(_) => "events",
+        }
+    }
 }
 
 /// The position a chunk moves its file to: the interval `(from, to]` of byte offsets.
@@ -192,6 +201,8 @@ impl Advance {
 /// from `to` loses nothing (it may repeat lines of the other stream that followed the partial).
 #[derive(Clone, Debug)]
 pub struct FileAdvance {
+    /// `pods` or `rke2`: the `source` of `ringtail_positions_commits_total`.
+    pub source: &'static str,
     pub file: FileKey,
     pub path: Arc<Path>,
     pub fingerprint: Fingerprint,

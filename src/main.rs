@@ -1,11 +1,15 @@
-//! The `ringtail` command: `run`, `check-config` and `version`.
+//! The `ringtail` command: `run`, `tap`, `check-config` and `version`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use ringtail::config::Config;
+use ringtail::telemetry::tap::Filter;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +28,24 @@ enum Cmd {
         /// ringtail's YAML config, or the platform's config/dev.yaml with an `alloy:` block.
         #[arg(long, default_value = "/etc/ringtail/ringtail.yaml")]
         config: PathBuf,
+    },
+    /// Print what a running ringtail is sending, as JSON lines (the stdout sink's format):
+    /// "are my logs collected?". With --config, run a pipeline in the foreground instead, which
+    /// ships nothing and prints what it would send.
+    Tap {
+        /// The running ringtail's server.listen (from inside its pod: the default).
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        addr: String,
+        /// Run from this config in the foreground instead of connecting.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only this source: pods, rke2, journal or events.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only entries with this label value (repeatable; all must match), e.g.
+        /// --match namespace=emojivoto.
+        #[arg(long = "match", value_name = "LABEL=VALUE")]
+        matches: Vec<String>,
     },
     /// Print the effective configuration, or the error (exit code 2).
     CheckConfig { file: PathBuf },
@@ -48,6 +70,46 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Tap {
+            addr,
+            config,
+            source,
+            matches,
+        } => {
+            let filter = match Filter::new(source.as_deref(), &matches) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match config {
+                Some(path) => {
+                    let cfg = match Config::load(&path) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    ringtail::telemetry::logger::init(cfg.log.level, cfg.log.format);
+                    match ringtail::run::tap(cfg, filter) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            log::error!("{e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                None => match tap_remote(&addr, &filter) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -64,6 +126,68 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Streams `/tap` from a running ringtail to stdout until it closes (or stdout does).
+fn tap_remote(addr: &str, filter: &Filter) -> Result<(), String> {
+    let hint = "is ringtail running there? Inside its pod the default --addr works \
+                (kubectl exec -n ringtail <pod> -- ringtail tap); from outside, kubectl \
+                port-forward first";
+    let mut conn = TcpStream::connect(addr)
+        .map_err(|e| format!("cannot connect to ringtail at {addr}: {e}; {hint}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET /tap?{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+        filter.to_query()
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut r = BufReader::new(conn);
+    let mut status = String::new();
+    r.read_line(&mut status)
+        .map_err(|e| format!("no answer from {addr}: {e}; {hint}"))?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    if !status.contains(" 200 ") {
+        let mut body = String::new();
+        let _ = std::io::Read::read_to_string(&mut r, &mut body);
+        return Err(format!(
+            "{addr} answered {}: {}",
+            status.trim(),
+            body.trim()
+        ));
+    }
+    let stdout = std::io::stdout();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) if line == "\n" => continue,
+            Ok(_) if line.starts_with("{\"tap_dropped\"") => {
+                eprintln!(
+                    "ringtail tap: the tap fell behind and skipped {}",
+                    line.trim()
+                );
+            }
+            Ok(_) => {
+                let mut out = stdout.lock();
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return Ok(()); // stdout closed (| head): done
+                }
+            }
+            Err(e) => return Err(format!("reading from {addr}: {e}")),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::sources::files::io::BatchIo;
 use crate::sources::files::schedule::Tailer;
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::server::{self, Health};
+use crate::telemetry::tap::Filter;
 
 /// Chunks the ring holds: with reads of at most 128 KiB, at most 2 MiB waiting for the writer,
 /// about two batches. A deeper ring measured no faster on the e2e bench and cost ~10 MiB of RSS
@@ -33,6 +34,27 @@ const MAX_AUTO_TAILERS: usize = 4;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(cfg: Config) -> Result<(), String> {
+    run_with(cfg, None)
+}
+
+/// `ringtail tap --config FILE`: the pipeline of `cfg` in the foreground, printing what it would
+/// send and shipping nothing. It must not disturb a ringtail running on the same node: its
+/// positions go to a fresh directory (removed at exit), it starts at the end of every file and of
+/// the journal, its metrics server takes any free loopback port, and it does not campaign for
+/// the events Lease.
+pub fn tap(mut cfg: Config, filter: Filter) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("ringtail-tap-{}", std::process::id()));
+    cfg.data_dir = dir.clone();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.logs.pods.read_from = crate::config::ReadFrom::End;
+    cfg.logs.journal.max_age = crate::config::Dur(Duration::ZERO);
+    cfg.logs.events.enabled = false;
+    let r = run_with(cfg, Some(Output::Tap(filter)));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
     exit_on_panic();
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         format!(
@@ -58,11 +80,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let stop = Arc::new(Stop::default());
     watch_signals(stop.clone(), grace)?;
 
-    let output = if cfg.loki.url.is_empty() {
-        log::info!("loki.url is empty: writing entries to stdout as JSON lines");
-        Output::Stdout
-    } else {
-        Output::Loki(LokiClient::new(&cfg.loki)?)
+    let output = match output {
+        Some(o) => o,
+        None if cfg.loki.url.is_empty() => {
+            log::info!("loki.url is empty: writing entries to stdout as JSON lines");
+            Output::Stdout
+        }
+        None => Output::Loki(LokiClient::new(&cfg.loki)?),
     };
     let progress = Arc::new(Progress::default());
     let health = Arc::new(Health {
@@ -115,7 +139,16 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     let catalogs = catalogs(&cfg, meta);
     if !catalogs.is_empty() {
-        let discovery = start_files(&cfg, catalogs, &ring_tx, &stop, loaded, &mut threads)?;
+        let committed = positions.committed();
+        let discovery = start_files(
+            &cfg,
+            catalogs,
+            &ring_tx,
+            &stop,
+            loaded,
+            committed,
+            &mut threads,
+        )?;
         if discovery.started() {
             // Positions of files that are not in the tree any more: their files are gone.
             positions.retain(discovery.known_keys());
@@ -194,6 +227,7 @@ fn start_files(
     ring_tx: &RingTx,
     stop: &Arc<Stop>,
     loaded: store::Loaded,
+    committed: Arc<crate::positions::Committed>,
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<Discovery, String> {
     let cpus = allowed_cpus();
@@ -231,7 +265,8 @@ fn start_files(
         loaded.saved_at,
         controls,
         BatchIo::new(cfg.tail.io, "discovery").map_err(io_err)?,
-    );
+    )
+    .with_committed(committed);
     if cfg.logs.pods.enabled && std::fs::read_dir(&cfg.logs.pods.path).is_err() {
         log::warn!(
             "logs.pods.path {} cannot be listed yet; waiting for it",

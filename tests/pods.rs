@@ -799,6 +799,49 @@ fn probes_and_metrics_endpoint() {
     stop(&mut rt);
 }
 
+/// Contract §4's per-source gauges and counters: files and streams tracked, the read lag
+/// (bytes on disk not yet acked) while Loki is down and after it is back, and positions commits.
+#[test]
+fn per_source_files_streams_lag_and_commits() {
+    let mut w = World::new();
+    w.rx.set_default(503);
+    let pod = w.pod("ns", "p", "u");
+    let (mut a, mut b) = (pod.container("a"), pod.container("b"));
+    let mut rt = w.start("");
+    for i in 0..50 {
+        a.write_line(Stream::Stdout, format!("line a {i}"));
+        b.write_line(Stream::Stderr, format!("line b {i}"));
+    }
+    let on_disk = (a.size() + b.size()) as f64;
+    let m = || metrics(w.port);
+    let lag = |m: &str| metric_value(m, "ringtail_read_lag_bytes{source=\"pods\"}");
+    assert!(
+        wait_until(WAIT, || lag(&m()) == Some(on_disk)),
+        "lag {:?}, on disk {on_disk}\n{}",
+        lag(&m()),
+        m()
+    );
+    let now = m();
+    assert_eq!(
+        metric_value(&now, "ringtail_files_tracked{source=\"pods\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(&now, "ringtail_streams_tracked{source=\"pods\"}"),
+        Some(2.0)
+    );
+    w.rx.set_default(204);
+    wait_entries(&w.rx, 100, &rt);
+    assert!(
+        wait_until(WAIT, || lag(&m()) == Some(0.0)),
+        "lag after Loki is back: {:?}",
+        lag(&m())
+    );
+    let commits = metric_value(&m(), "ringtail_positions_commits_total{source=\"pods\"}");
+    assert!(commits.is_some_and(|c| c >= 2.0), "{commits:?}");
+    stop(&mut rt);
+}
+
 #[test]
 fn truncation_starts_again_at_zero() {
     let mut w = World::new();
@@ -959,7 +1002,10 @@ fn open_files_are_capped_and_reopened_by_identity() {
         metric_value(&m, "ringtail_file_events_total{event=\"closed_lru\"}").unwrap_or(0.0) > 0.0,
         "{m}"
     );
-    assert_eq!(metric_value(&m, "ringtail_files_tracked"), Some(40.0));
+    assert_eq!(
+        metric_value(&m, "ringtail_files_tracked{source=\"pods\"}"),
+        Some(40.0)
+    );
     stop(&mut rt);
 }
 

@@ -408,6 +408,9 @@ impl Shipper {
             self.labels.clear();
         }
         let key = (r.namespace.clone(), r.kind.clone(), r.type_.clone());
+        if !self.labels.contains_key(&key) {
+            METRICS.streams("events", self.labels.len() + 1);
+        }
         self.labels
             .entry(key)
             .or_insert_with(|| {

@@ -12,11 +12,23 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::entry::{Advance, AdvanceKind, EventsPos, FileAdvance, FileKey};
 use crate::telemetry::metrics::METRICS;
 use store::FilePos;
+
+/// Committed file offsets as last written, for discovery's `ringtail_read_lag_bytes` (file
+/// size minus committed offset). Copied once a second, when the positions file is written.
+#[derive(Default)]
+pub struct Committed(Mutex<HashMap<FileKey, u64>>);
+
+impl Committed {
+    pub fn offsets(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Where acked Events positions go (the events shipper, which writes them on the Lease).
 pub type EventsAck = Box<dyn FnMut(&EventsPos) + Send>;
@@ -27,6 +39,7 @@ pub struct Positions {
     /// The journal's cursor of the last acked entry.
     journal_cursor: Option<String>,
     events_ack: Option<EventsAck>,
+    committed: Arc<Committed>,
     dirty: bool,
     last_save: Instant,
     interval: Duration,
@@ -40,6 +53,7 @@ impl Positions {
             files: loaded.files.iter().map(|p| (p.key(), p.clone())).collect(),
             journal_cursor: loaded.journal_cursor.clone(),
             events_ack: None,
+            committed: Arc::default(),
             dirty: false,
             // The first change is written at once: files registered at start are on disk
             // before a crash in the first second could forget them.
@@ -50,6 +64,17 @@ impl Positions {
         }
     }
 
+    /// The committed offsets, shared with discovery.
+    pub fn committed(&self) -> Arc<Committed> {
+        self.committed.clone()
+    }
+
+    fn publish_offsets(&self) {
+        let mut shared = self.committed.offsets();
+        shared.clear();
+        shared.extend(self.files.iter().map(|(k, p)| (*k, p.offset)));
+    }
+
     /// Where acked Events positions go.
     pub fn on_events_ack(&mut self, f: EventsAck) {
         self.events_ack = Some(f);
@@ -57,6 +82,7 @@ impl Positions {
 
     /// Applies one acked advance.
     pub fn apply(&mut self, a: &Advance) {
+        METRICS.positions_committed(a.source());
         match a {
             Advance::File(f) => self.apply_file(f),
             Advance::Journal { cursor } => self.journal_cursor = Some(cursor.clone()),
@@ -131,7 +157,8 @@ impl Positions {
         match store::save(&self.dir, files, self.journal_cursor.clone()) {
             Ok(()) => {
                 self.dirty = false;
-                METRICS.positions_commits.inc();
+                METRICS.positions_writes.inc();
+                self.publish_offsets();
             }
             Err(e) => {
                 METRICS.positions_errors.inc();
@@ -155,6 +182,7 @@ mod tests {
 
     fn adv(ino: u64, from: u64, to: u64, kind: AdvanceKind) -> Advance {
         Advance::File(FileAdvance {
+            source: "pods",
             file: FileKey { dev: 1, ino },
             path: Arc::from(Path::new("/x/0.log")),
             fingerprint: Fingerprint { len: 3, hash: 9 },

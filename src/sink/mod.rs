@@ -27,6 +27,7 @@ use crate::positions::Positions;
 use crate::ring::{Recycler, RingRx};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::{with_reason, writer_labels, METRICS};
+use crate::telemetry::tap::{Filter, TAP};
 use loki::{LokiClient, Outcome};
 use retry::Backoff;
 
@@ -34,6 +35,8 @@ use retry::Backoff;
 pub enum Output {
     Loki(LokiClient),
     Stdout,
+    /// `ringtail tap --config`: the entries a filter accepts go to stdout; nothing is shipped.
+    Tap(Filter),
 }
 
 /// What the health endpoint reads: when the writer last made progress, and whether it holds data.
@@ -69,7 +72,7 @@ pub fn start(
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let (host, tenant) = match &output {
         Output::Loki(c) => (c.host.clone(), c.tenant().to_string()),
-        Output::Stdout => ("stdout".to_string(), String::new()),
+        Output::Stdout | Output::Tap(_) => ("stdout".to_string(), String::new()),
     };
     METRICS.init_writer(&host, &tenant);
     progress
@@ -143,6 +146,7 @@ impl Batcher {
                     METRICS
                         .process_duration
                         .observe(chunk.read_at.elapsed().as_secs_f64());
+                    TAP.publish(&chunk);
                     if !self.batch.is_empty() && self.batch_bytes + chunk.size() > self.max_bytes {
                         self.seal(stop);
                     }
@@ -266,7 +270,8 @@ impl SenderLoop {
                 .pending_since
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
             let ok = match &self.output {
-                Output::Stdout => write_stdout(&batch.chunks, stop),
+                Output::Stdout => write_stdout(&batch.chunks, None, stop),
+                Output::Tap(f) => write_stdout(&batch.chunks, Some(f), stop),
                 Output::Loki(_) => self.send_loki(&batch.body[..batch.len], batch.entries, stop),
             };
             self.progress.pending_since.store(0, Ordering::Relaxed);
@@ -362,10 +367,10 @@ impl SenderLoop {
     }
 }
 
-fn write_stdout(chunks: &[Chunk], stop: &Stop) -> bool {
+fn write_stdout(chunks: &[Chunk], filter: Option<&Filter>, stop: &Stop) -> bool {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
-    match stdout::write_chunks(chunks, &mut out) {
+    match stdout::write_chunks(chunks, filter, &mut out) {
         Ok(()) => true,
         Err(e) => {
             log::error!(

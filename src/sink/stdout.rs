@@ -3,50 +3,71 @@
 
 use std::io::Write;
 
-use crate::entry::Chunk;
+use crate::entry::{Chunk, EntryRec, LabelSet};
+use crate::telemetry::tap::Filter;
 use crate::timefmt::format_rfc3339_ns;
 
-/// Writes every entry of `chunks` to `out`, and flushes.
-pub fn write_chunks(chunks: &[Chunk], out: &mut impl Write) -> std::io::Result<()> {
+/// Writes the entries of `chunks` that `filter` accepts (all without one) to `out`, and flushes.
+pub fn write_chunks(
+    chunks: &[Chunk],
+    filter: Option<&Filter>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let mut line = String::with_capacity(512);
-    let mut labels: Vec<String> = Vec::new();
+    let mut labels: Vec<Option<String>> = Vec::new();
     for chunk in chunks {
         labels.clear();
-        for set in &chunk.labels {
-            let mut text = String::from("{");
-            for (i, (k, v)) in set.pairs().iter().enumerate() {
-                if i > 0 {
-                    text.push(',');
-                }
-                push_json_str(&mut text, k);
-                text.push(':');
-                push_json_str(&mut text, v);
-            }
-            text.push('}');
-            labels.push(text);
-        }
+        labels.extend(chunk.labels.iter().map(|set| {
+            filter
+                .is_none_or(|f| f.accepts(set))
+                .then(|| labels_json(set))
+        }));
         for e in &chunk.entries {
+            let Some(l) = &labels[usize::from(e.labels).min(labels.len() - 1)] else {
+                continue;
+            };
             line.clear();
-            line.push_str("{\"labels\":");
-            line.push_str(&labels[usize::from(e.labels).min(labels.len() - 1)]);
-            line.push_str(",\"ts\":\"");
-            format_rfc3339_ns(e.ts_ns, &mut line);
-            line.push_str("\",\"line\":");
-            push_json_str(&mut line, chunk.str(e.line));
-            line.push_str(",\"metadata\":{");
-            for (i, (k, v)) in chunk.meta_of(e).iter().enumerate() {
-                if i > 0 {
-                    line.push(',');
-                }
-                push_json_str(&mut line, k.as_str());
-                line.push(':');
-                push_json_str(&mut line, chunk.meta_str(v));
-            }
-            line.push_str("}}\n");
+            entry_json(chunk, e, l, &mut line);
             out.write_all(line.as_bytes())?;
         }
     }
     out.flush()
+}
+
+/// A label set as a JSON object.
+pub fn labels_json(set: &LabelSet) -> String {
+    let mut text = String::from("{");
+    for (i, (k, v)) in set.pairs().iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        push_json_str(&mut text, k);
+        text.push(':');
+        push_json_str(&mut text, v);
+    }
+    text.push('}');
+    text
+}
+
+/// One entry as the contract's JSON line (with its newline), its labels already rendered by
+/// [`labels_json`].
+pub fn entry_json(chunk: &Chunk, e: &EntryRec, labels: &str, line: &mut String) {
+    line.push_str("{\"labels\":");
+    line.push_str(labels);
+    line.push_str(",\"ts\":\"");
+    format_rfc3339_ns(e.ts_ns, line);
+    line.push_str("\",\"line\":");
+    push_json_str(line, chunk.str(e.line));
+    line.push_str(",\"metadata\":{");
+    for (i, (k, v)) in chunk.meta_of(e).iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        push_json_str(line, k.as_str());
+        line.push(':');
+        push_json_str(line, chunk.meta_str(v));
+    }
+    line.push_str("}}\n");
 }
 
 fn push_json_str(out: &mut String, s: &str) {
@@ -87,7 +108,7 @@ mod tests {
             meta_end: 1,
         });
         let mut out = Vec::new();
-        write_chunks(&[c], &mut out).unwrap();
+        write_chunks(&[c], None, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             concat!(

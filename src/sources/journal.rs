@@ -576,6 +576,8 @@ impl Labels {
                 let set = make_labels(&self.node, unit, level);
                 self.by_unit.entry(unit.to_vec()).or_default()[slot] = Some(set.clone());
                 self.recent = set;
+                let streams = self.by_unit.values().flatten().flatten().count();
+                METRICS.streams("journal", streams);
             }
         }
         &self.recent

@@ -39,7 +39,9 @@ pub struct Metrics {
     pub request_duration: Family<Labels, Histogram>,
     pub batch_retries: Family<Labels, Counter>,
     pub process_duration: Histogram,
-    pub files_tracked: Gauge,
+    pub files_tracked: Family<Labels, Gauge>,
+    pub streams_tracked: Family<Labels, Gauge>,
+    pub read_lag: Family<Labels, Gauge>,
     pub files_open: Gauge,
     pub read_bytes: Family<Labels, Counter>,
     pub read_lines: Family<Labels, Counter>,
@@ -49,7 +51,8 @@ pub struct Metrics {
     pub lines_malformed: Counter,
     pub file_events: Family<Labels, Counter>,
     pub bytes_lost: Family<Labels, Counter>,
-    pub positions_commits: Counter,
+    pub positions_commits: Family<Labels, Counter>,
+    pub positions_writes: Counter,
     pub positions_errors: Counter,
     pub positions_gaps: Counter,
     pub ring_full_seconds: Counter<f64, AtomicU64>,
@@ -57,6 +60,7 @@ pub struct Metrics {
     pub kube_errors: Family<Labels, Counter>,
     pub kube_relists: Family<Labels, Counter>,
     pub events_leader: Gauge,
+    pub tap_clients: Gauge,
     pub events_shipped: Counter,
     pub events_skipped: Counter,
 }
@@ -91,7 +95,9 @@ impl Metrics {
             request_duration: Family::new_with_constructor(|| Histogram::new(request_buckets())),
             batch_retries: Family::default(),
             process_duration: Histogram::new(process_buckets()),
-            files_tracked: Gauge::default(),
+            files_tracked: Family::default(),
+            streams_tracked: Family::default(),
+            read_lag: Family::default(),
             files_open: Gauge::default(),
             read_bytes: Family::default(),
             read_lines: Family::default(),
@@ -101,7 +107,8 @@ impl Metrics {
             lines_malformed: Counter::default(),
             file_events: Family::default(),
             bytes_lost: Family::default(),
-            positions_commits: Counter::default(),
+            positions_commits: Family::default(),
+            positions_writes: Counter::default(),
             positions_errors: Counter::default(),
             positions_gaps: Counter::default(),
             ring_full_seconds: Counter::default(),
@@ -109,6 +116,7 @@ impl Metrics {
             kube_errors: Family::default(),
             kube_relists: Family::default(),
             events_leader: Gauge::default(),
+            tap_clients: Gauge::default(),
             events_shipped: Counter::default(),
             events_skipped: Counter::default(),
         };
@@ -152,8 +160,18 @@ impl Metrics {
             );
             r.register(
                 "ringtail_files_tracked",
-                "Files being tailed",
+                "Files being tailed, by source",
                 m.files_tracked.clone(),
+            );
+            r.register(
+                "ringtail_streams_tracked",
+                "Distinct label sets (Loki streams) being shipped, by source",
+                m.streams_tracked.clone(),
+            );
+            r.register(
+                "ringtail_read_lag_bytes",
+                "Bytes in tailed files not yet acked by Loki (file size minus committed offset), by source",
+                m.read_lag.clone(),
             );
             r.register(
                 "ringtail_files_open",
@@ -221,6 +239,11 @@ impl Metrics {
                 m.events_leader.clone(),
             );
             r.register(
+                "ringtail_tap_clients",
+                "`ringtail tap` clients connected",
+                m.tap_clients.clone(),
+            );
+            r.register(
                 "ringtail_events_shipped",
                 "Kubernetes Events handed to the writer",
                 m.events_shipped.clone(),
@@ -232,8 +255,13 @@ impl Metrics {
             );
             r.register(
                 "ringtail_positions_commits",
-                "Positions files written",
+                "Acked positions committed (file offsets, journal cursors, Events positions), by source",
                 m.positions_commits.clone(),
+            );
+            r.register(
+                "ringtail_positions_writes",
+                "Positions files written",
+                m.positions_writes.clone(),
             );
             r.register(
                 "ringtail_positions_errors",
@@ -317,6 +345,30 @@ impl Metrics {
         self.kube_relists
             .get_or_create(&vec![("resource", resource.to_string())])
             .clone()
+    }
+
+    /// Discovery's per-source gauges.
+    pub fn source_gauges(&self, source: &'static str, files: i64, streams: i64, lag: u64) {
+        let l = vec![("source", source.to_string())];
+        self.files_tracked.get_or_create(&l).set(files);
+        self.streams_tracked.get_or_create(&l).set(streams);
+        self.read_lag
+            .get_or_create(&l)
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// One acked position applied.
+    pub fn positions_committed(&self, source: &'static str) {
+        self.positions_commits
+            .get_or_create(&vec![("source", source.to_string())])
+            .inc();
+    }
+
+    /// Sets `ringtail_streams_tracked` for a source that is not a file tree.
+    pub fn streams(&self, source: &'static str, n: usize) {
+        self.streams_tracked
+            .get_or_create(&vec![("source", source.to_string())])
+            .set(n as i64);
     }
 
     pub fn lost(&self, reason: &'static str, bytes: u64) {

@@ -3,3 +3,4 @@
 pub mod logger;
 pub mod metrics;
 pub mod server;
+pub mod tap;

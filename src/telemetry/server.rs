@@ -1,10 +1,11 @@
-//! `/metrics`, `/ready` and `/healthy` on `server.listen`.
+//! `/metrics`, `/ready`, `/healthy` and `/tap` on `server.listen`.
 //!
 //! A deliberately small HTTP/1.1 responder: each connection gets a short-lived thread (at most
 //! [`MAX_CONNECTIONS`] at once), which reads at most 8 KiB of request head within 2 s in all,
-//! answers GET on those three paths only, and closes the connection. It never serves files.
+//! answers GET on those paths only, and closes the connection. It never serves files.
 //! Prometheus and the kubelet's probes need nothing more, and a slow client cannot hold up the
-//! probes.
+//! probes. `/tap` streams until its client hangs up; it answers loopback clients only, and at
+//! most [`MAX_TAPS`] at once, so taps never take the probes' connections.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::positions::store::unix_now;
 use crate::sink::Progress;
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::tap::{Filter, MAX_TAPS, TAP};
 
 /// What the probes read.
 pub struct Health {
@@ -106,8 +108,11 @@ fn serve(mut conn: TcpStream, health: &Health) -> std::io::Result<()> {
     if method != b"GET" && method != b"HEAD" {
         return respond(&mut conn, 405, "text/plain", "only GET\n");
     }
-    let path = target.split(|&b| b == b'?').next().unwrap_or(&[]);
+    let mut split = target.splitn(2, |&b| b == b'?');
+    let path = split.next().unwrap_or(&[]);
+    let query = split.next().unwrap_or(&[]);
     match path {
+        b"/tap" => tap(conn, query),
         b"/metrics" => respond(
             &mut conn,
             200,
@@ -129,14 +134,63 @@ fn serve(mut conn: TcpStream, health: &Health) -> std::io::Result<()> {
             &mut conn,
             404,
             "text/plain",
-            "not found: try /metrics, /ready or /healthy\n",
+            "not found: try /metrics, /ready, /healthy or /tap\n",
         ),
+    }
+}
+
+/// How often a quiet tap gets a blank line, so that a client that hung up is noticed.
+const TAP_KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Streams the entries the writer receives, as JSON lines, until the client hangs up.
+fn tap(mut conn: TcpStream, query: &[u8]) -> std::io::Result<()> {
+    if !conn.peer_addr()?.ip().is_loopback() {
+        return respond(
+            &mut conn,
+            403,
+            "text/plain",
+            "/tap answers loopback clients only (log lines are data): use `kubectl exec ... -- \
+             ringtail tap` or `kubectl port-forward`\n",
+        );
+    }
+    let filter = match std::str::from_utf8(query)
+        .map_err(|e| e.to_string())
+        .and_then(Filter::from_query)
+    {
+        Ok(f) => f,
+        Err(e) => return respond(&mut conn, 400, "text/plain", &format!("{e}\n")),
+    };
+    let Some(sub) = TAP.subscribe(filter) else {
+        return respond(
+            &mut conn,
+            503,
+            "text/plain",
+            &format!("{MAX_TAPS} taps are open already; close one\n"),
+        );
+    };
+    conn.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut reported = 0;
+    loop {
+        match sub.lines.recv_timeout(TAP_KEEPALIVE) {
+            Ok(line) => conn.write_all(line.as_bytes())?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => conn.write_all(b"\n")?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        let dropped = sub.dropped.load(Ordering::Relaxed);
+        if dropped != reported {
+            conn.write_all(format!("{{\"tap_dropped\":{}}}\n", dropped - reported).as_bytes())?;
+            reported = dropped;
+        }
     }
 }
 
 fn respond(conn: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",

@@ -25,6 +25,7 @@ use crate::config::ReadFrom;
 use crate::entry::{FileKey, Fingerprint, LabelSet};
 use crate::metadata::{PodLabels, PodLookup, PodMetadata};
 use crate::positions::store::FilePos;
+use crate::positions::Committed;
 use crate::sources::files::io::{BatchIo, Stat};
 use crate::sources::files::tail::Tail;
 use crate::sources::files::Format;
@@ -136,6 +137,14 @@ pub enum Catalog {
 }
 
 impl Catalog {
+    /// The `source` label of its metrics.
+    fn source(&self) -> &'static str {
+        match self {
+            Catalog::Pods(_) => Format::Cri.source(),
+            Catalog::Fixed(_) => Format::Plain.source(),
+        }
+    }
+
     /// Appends what it finds to `out`; false when it cannot say what exists (the pod root
     /// cannot be listed), so that nothing of it is taken for gone.
     fn list(&mut self, index: usize, out: &mut Vec<Found>) -> bool {
@@ -380,6 +389,9 @@ struct Known {
     tailer: Option<usize>,
     /// Read without its pod's metadata so far (see [`MetaState::Pending`]).
     labels_pending: bool,
+    labels: Arc<LabelSet>,
+    /// Where reading started: the read lag's base until a position is committed.
+    start: u64,
 }
 
 /// Scans a file must be missing from before it is declared gone.
@@ -407,6 +419,8 @@ pub struct Discovery {
     found: Vec<Found>,
     cpaths: Vec<CString>,
     stats: Vec<std::io::Result<Stat>>,
+    /// Committed offsets, for `ringtail_read_lag_bytes`.
+    committed: Option<Arc<Committed>>,
 }
 
 impl Discovery {
@@ -432,7 +446,14 @@ impl Discovery {
             found: Vec::new(),
             cpaths: Vec::new(),
             stats: Vec::new(),
+            committed: None,
         }
+    }
+
+    /// Reads committed offsets from here to report the read lag.
+    pub fn with_committed(mut self, committed: Arc<Committed>) -> Discovery {
+        self.committed = Some(committed);
+        self
     }
 
     /// Identities seen so far: once the start scans are done, positions of anything else
@@ -501,6 +522,7 @@ impl Discovery {
             {
                 if k.labels_pending && found.meta == MetaState::Final {
                     k.labels_pending = false;
+                    k.labels = found.labels.clone();
                     if let Some(t) = k.tailer {
                         METRICS.file_event("relabelled");
                         let _ = self.tailers[t].send(Control::Relabel {
@@ -575,12 +597,42 @@ impl Discovery {
                 let _ = self.tailers[t].send(Control::Gone { key });
             }
         }
-        METRICS.files_tracked.set(self.known.len() as i64);
+        self.report();
         if at_start {
             self.start_scans -= 1;
             if self.start_scans == 0 {
                 self.report_missing_at_start();
             }
+        }
+    }
+
+    /// Per source: files being tailed, distinct streams among them, and the read lag (bytes on
+    /// disk not yet acked by Loki).
+    fn report(&self) {
+        let mut per: HashMap<&'static str, (i64, HashSet<&str>, u64)> = self
+            .catalogs
+            .iter()
+            .map(|c| (c.source(), (0, HashSet::new(), 0)))
+            .collect();
+        let committed = self.committed.as_ref().map(|c| c.offsets());
+        for (key, k) in &self.known {
+            if k.tailer.is_none() {
+                continue;
+            }
+            let Some(s) = self.catalogs.get(k.catalog).map(|c| c.source()) else {
+                continue;
+            };
+            let e = per.entry(s).or_insert_with(|| (0, HashSet::new(), 0));
+            e.0 += 1;
+            e.1.insert(k.labels.rendered());
+            let done = committed
+                .as_ref()
+                .and_then(|c| c.get(key).copied())
+                .unwrap_or(k.start);
+            e.2 += k.size.load(Ordering::Relaxed).saturating_sub(done);
+        }
+        for (source, (files, streams, lag)) in per {
+            METRICS.source_gauges(source, files, streams.len() as i64, lag);
         }
     }
 
@@ -671,6 +723,8 @@ impl Discovery {
                     missed: 0,
                     tailer: None,
                     labels_pending,
+                    labels,
+                    start: size,
                 });
             }
             Start::At(off) if off == size && !rotated && stored.is_none() && off > 0 => {
@@ -683,7 +737,7 @@ impl Discovery {
         let mut tail = Tail::new(
             key,
             path.clone(),
-            labels,
+            labels.clone(),
             format,
             fingerprint,
             start,
@@ -701,6 +755,8 @@ impl Discovery {
             missed: 0,
             tailer: Some(t),
             labels_pending,
+            labels,
+            start,
         })
     }
 }

@@ -248,6 +248,7 @@ impl Tail {
         };
         self.restart = false;
         chunk.advance = Some(Advance::File(FileAdvance {
+            source: self.format.source(),
             file: self.key,
             path: self.path.clone(),
             fingerprint: self.fingerprint,

@@ -158,7 +158,7 @@ fn tail_consume(c: &mut Criterion) {
     let mut plain = Vec::with_capacity(BLOCK);
     let mut i = 0u64;
     while plain.len() + 200 < BLOCK {
-        let line = if i % 2 == 0 {
+        let line = if i.is_multiple_of(2) {
             format!("I1125 10:00:{:02}.{:06}    1234 pod_workers.go:1298] \"Error syncing pod, skipping\" pod=\"ns/web-{i}\" err=\"back-off\"\n", i % 60, i % 1_000_000)
         } else {
             format!("time=\"2026-11-25T10:00:{:02}.{:09}Z\" level=info msg=\"shim disconnected\" id={i:016x} namespace=k8s.io\n", i % 60, i)

@@ -6,12 +6,14 @@
 //! `scripts/ensure-deps`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use serde::Deserialize;
 use serde_yaml::Value;
+
+mod support;
+use support::monitoring::render_overlay;
 
 const OVERLAYS: [&str; 2] = ["dev", "prod"];
 const NAMESPACE: &str = "ringtail";
@@ -27,12 +29,6 @@ const HOST_MOUNTS: [(&str, bool); 6] = [
     ("/var/lib/ringtail", true),
 ];
 
-fn overlay_dir(overlay: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy/overlays")
-        .join(overlay)
-}
-
 /// `kubectl kustomize deploy/overlays/<overlay>`, parsed into one value per document. Rendered
 /// once per overlay for the whole test binary.
 fn rendered(overlay: &str) -> &'static [Value] {
@@ -47,27 +43,7 @@ fn rendered(overlay: &str) -> &'static [Value] {
 }
 
 fn render(overlay: &str) -> Vec<Value> {
-    let dir = overlay_dir(overlay);
-    let out = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "kubectl is not installed, and the deploy/ manifests are rendered with \
-             `kubectl kustomize`: run scripts/ensure-deps (or install kubectl >= 1.27)"
-        ),
-        Err(e) => panic!("cannot run kubectl: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {} failed ({}):\n{}",
-        dir.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("kustomize output is UTF-8");
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("kustomize output is YAML"))
-        .filter(|v| !v.is_null())
-        .collect();
+    let docs = render_overlay(overlay);
     assert!(!docs.is_empty(), "{overlay}: kustomize rendered nothing");
     docs
 }

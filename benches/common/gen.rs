@@ -348,7 +348,7 @@ impl Gen {
             out.extend_from_slice(b"\"}");
         }
         // An exact multiple of the split size would end in an empty `F`; keep it simple.
-        if (out.len() - start) % CRI_SPLIT == 0 {
+        if (out.len() - start).is_multiple_of(CRI_SPLIT) {
             out.push(b'=');
         }
     }
@@ -457,7 +457,11 @@ pub fn seq_of(line: &[u8]) -> Option<u64> {
 pub fn labels(i: usize) -> std::sync::Arc<ringtail::entry::LabelSet> {
     let ns = NAMESPACES[i % NAMESPACES.len()];
     let app = APPS[i % APPS.len()];
-    let container = if i % 2 == 0 { app } else { "istio-proxy" };
+    let container = if i.is_multiple_of(2) {
+        app
+    } else {
+        "istio-proxy"
+    };
     ringtail::entry::LabelSet::new([
         ("namespace", ns.to_string()),
         ("pod", format!("{app}-7d9f8b6c4-{i:05}")),
@@ -472,7 +476,11 @@ pub fn file_names(i: usize) -> (String, String, String, String) {
     let pod_no = i / 2;
     let ns = NAMESPACES[pod_no % NAMESPACES.len()];
     let app = APPS[pod_no % APPS.len()];
-    let container = if i % 2 == 0 { app } else { "istio-proxy" };
+    let container = if i.is_multiple_of(2) {
+        app
+    } else {
+        "istio-proxy"
+    };
     let uid = format!(
         "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
         0x5eed_0000u32.wrapping_add(pod_no as u32),

@@ -155,7 +155,7 @@ impl Metrics {
             );
             r.register(
                 "loki_process_duration_seconds",
-                "Time from reading an entry to handing it to the writer",
+                "Time from reading entries to handing them to the writer, one observation per chunk (one read of a file, or up to 1,000 journal entries)",
                 m.process_duration.clone(),
             );
             r.register(

@@ -13,6 +13,8 @@
 //! - [`journal`]: real journal files, written by `systemd-journal-remote` from the export format.
 //! - [`kubeapi`]: [`FakeKubeApi`], a Kubernetes API server (pods, events, leases; list, watch,
 //!   optimistic-concurrency writes) speaking the real wire format, for the kube-rs client.
+//! - [`monitoring`]: the rendered manifests' rules, PromQL metric names, and a ringtail that has
+//!   shipped something ([`ShippingRingtail`]), for the alert, dashboard and Prometheus tests.
 #![allow(dead_code)]
 
 pub mod cri;
@@ -20,6 +22,7 @@ pub mod expect;
 pub mod http;
 pub mod journal;
 pub mod kubeapi;
+pub mod monitoring;
 pub mod proc;
 pub mod receiver;
 
@@ -31,6 +34,8 @@ pub use cri::{
 pub use expect::{assert_exactly, got, map, stop, Expected};
 #[allow(unused_imports)]
 pub use kubeapi::FakeKubeApi;
+#[allow(unused_imports)]
+pub use monitoring::ShippingRingtail;
 #[allow(unused_imports)]
 pub use proc::{
     bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, try_metrics,

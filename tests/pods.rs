@@ -605,6 +605,106 @@ fn a_400_is_a_counted_drop_and_delivery_goes_on() {
     stop(&mut rt);
 }
 
+/// Loki's partial acceptance: it stores the valid entries of a push and answers 400 for the
+/// invalid ones. ringtail does not send the batch again (the stored ones are in, the others
+/// would fail again) and counts the drop under Loki's reason: `line_too_long` here.
+#[test]
+fn a_partial_400_keeps_the_valid_entries_and_counts_its_reason() {
+    let mut w = World::new();
+    w.rx.set_limits(Limits {
+        max_line_size: 2048,
+        ..Limits::default()
+    });
+    let pod = w.pod("ns", "p", "u");
+    let mut log = pod.container("c");
+    let l = labels("ns", "p", "c");
+    let mut want = Vec::new();
+    for i in 0..20 {
+        let line = if i % 5 == 0 {
+            format!("{i} {}", "x".repeat(4000))
+        } else {
+            format!("short {i}")
+        };
+        let ts = log.write_line(Stream::Stdout, &line);
+        if i % 5 != 0 {
+            want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
+        }
+    }
+    let mut rt = w.start("");
+    wait_entries(&w.rx, 16, &rt);
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    let statuses = w.rx.status_counts();
+    assert_eq!(
+        statuses.get(&400).copied().unwrap_or(0),
+        w.rx.requests(),
+        "{statuses:?}"
+    );
+    let host = format!("127.0.0.1:{}", w.rx.port());
+    let m = metrics(w.port);
+    let dropped = |reason: &str| {
+        metric_value(
+            &m,
+            &format!("loki_write_dropped_entries_total{{host=\"{host}\",tenant=\"\",reason=\"{reason}\"}}"),
+        )
+    };
+    // Alloy's accounting: the whole batch of a 400 counts as dropped (Loki does not say how
+    // many it kept).
+    assert_eq!(dropped("line_too_long"), Some(20.0), "{m}");
+    assert_eq!(dropped("ingester_error"), Some(0.0), "{m}");
+    assert!(rt.stderr_text().contains("Max entry size"), "{}", rt.logs());
+    stop(&mut rt);
+}
+
+/// A size limit on the way (nginx's `client_max_body_size`, Loki's `max_recv_msg_size`): a 413
+/// is answered by sending the batch again in halves, split again while refused; nothing is lost
+/// and nothing is sent twice.
+#[test]
+fn a_413_splits_the_batch_until_it_fits() {
+    let mut w = World::new();
+    w.rx.set_limits(Limits {
+        max_body: 24 << 10,
+        ..Limits::default()
+    });
+    let pod = w.pod("ns", "p", "u");
+    let mut want = Vec::new();
+    // Many files, so that one batch holds many chunks (the unit a split moves).
+    let mut logs: Vec<_> = (0..16).map(|i| pod.container(&format!("c{i}"))).collect();
+    for (i, log) in logs.iter_mut().enumerate() {
+        let l = labels("ns", "p", &format!("c{i}"));
+        for j in 0..100 {
+            // Incompressible enough that 16 files' worth is well over 24 KiB compressed.
+            let line = format!(
+                "{i}-{j} {:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            );
+            let ts = log.write_line(Stream::Stdout, &line);
+            want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
+        }
+    }
+    let mut rt = w.start("");
+    wait_entries(&w.rx, want.len(), &rt);
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    assert!(rt.stderr_text().contains("two halves"), "{}", rt.logs());
+    let m = metrics(w.port);
+    let host = format!("127.0.0.1:{}", w.rx.port());
+    let refused = metric_value(
+        &m,
+        &format!(
+            "loki_write_request_duration_seconds_count{{status_code=\"413\",host=\"{host}\",tenant=\"\"}}"
+        ),
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{m}");
+    assert_eq!(
+        metric_sum(&m, "loki_write_dropped_entries_total"),
+        0.0,
+        "{m}"
+    );
+    stop(&mut rt);
+}
+
 #[test]
 fn a_corrupt_positions_file_is_set_aside_not_fatal() {
     let mut w = World::new();

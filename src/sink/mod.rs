@@ -104,6 +104,7 @@ pub fn start(
         retry: cfg.retry,
         progress,
         metric_labels: writer_labels(&host, &tenant),
+        split: encode::Encoder::default(),
     };
     let s1 = stop.clone();
     let b = std::thread::Builder::new()
@@ -233,6 +234,17 @@ impl Batcher {
     }
 }
 
+/// How a push ended.
+enum Sent {
+    /// Stored, or dropped on purpose (and counted): its positions may be committed.
+    Done,
+    /// 413: the body is over a size limit on the way (Loki's `max_recv_msg_size`, or a proxy's,
+    /// such as nginx's 1 MiB default): the caller splits the batch.
+    TooLarge,
+    /// The stop deadline passed first: nothing is committed.
+    Stopped,
+}
+
 struct SenderLoop {
     sealed: Receiver<Sealed>,
     bodies: Sender<Vec<u8>>,
@@ -242,6 +254,8 @@ struct SenderLoop {
     retry: config::Retry,
     progress: Arc<Progress>,
     metric_labels: Vec<(&'static str, String)>,
+    /// For re-encoding halves of a batch a size limit refused (413); rarely used.
+    split: encode::Encoder,
 }
 
 impl SenderLoop {
@@ -272,7 +286,13 @@ impl SenderLoop {
             let ok = match &self.output {
                 Output::Stdout => write_stdout(&batch.chunks, None, stop),
                 Output::Tap(f) => write_stdout(&batch.chunks, Some(f), stop),
-                Output::Loki(_) => self.send_loki(&batch.body[..batch.len], batch.entries, stop),
+                Output::Loki(_) => {
+                    match self.send_loki(&batch.body[..batch.len], batch.entries, stop) {
+                        Sent::Done => true,
+                        Sent::Stopped => false,
+                        Sent::TooLarge => self.send_split(&batch.chunks, stop),
+                    }
+                }
             };
             self.progress.pending_since.store(0, Ordering::Relaxed);
             ok
@@ -293,9 +313,52 @@ impl SenderLoop {
         let _ = self.bodies.try_send(batch.body);
     }
 
-    fn send_loki(&mut self, body: &[u8], entries: u64, stop: &Stop) -> bool {
+    /// A batch some size limit refused (413), sent again in halves, each half split again while
+    /// it is refused; one chunk (one read of one file) still refused is dropped and counted.
+    /// True once every part is stored or dropped; false when ringtail stops first.
+    fn send_split(&mut self, chunks: &[Chunk], stop: &Stop) -> bool {
+        let entries: u64 = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        if chunks.len() < 2 {
+            log::error!(
+                "a push of {entries} entries from one read is still over the size limit of Loki \
+                 or of a proxy in front of it (413); dropped. Raise that limit (nginx: \
+                 client_max_body_size) above loki.batch.max_bytes"
+            );
+            let bytes = chunks.iter().map(|c| c.size() as u64).sum();
+            self.count_drop("ingester_error", entries, bytes);
+            return true;
+        }
+        let (a, b) = chunks.split_at(chunks.len() / 2);
+        log::warn!(
+            "Loki or a proxy refused a push as too large (413); sending it again in two halves. \
+             Lower loki.batch.max_bytes below that limit"
+        );
+        for half in [a, b] {
+            let mut encoded = Vec::new();
+            self.split.encode(half, &mut encoded);
+            let body = match snap::raw::Encoder::new().compress_vec(&encoded) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::error!("snappy compression failed: {e}; the part is dropped");
+                    continue;
+                }
+            };
+            let n: u64 = half.iter().map(|c| c.entries.len() as u64).sum();
+            let done = match self.send_loki(&body, n, stop) {
+                Sent::Done => true,
+                Sent::Stopped => false,
+                Sent::TooLarge => self.send_split(half, stop),
+            };
+            if !done {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn send_loki(&mut self, body: &[u8], entries: u64, stop: &Stop) -> Sent {
         let Output::Loki(client) = &self.output else {
-            return false;
+            return Sent::Stopped;
         };
         let n = body.len() as u64;
         let mut backoff = Backoff::new(self.retry.min_backoff.0, self.retry.max_backoff.0);
@@ -315,23 +378,27 @@ impl SenderLoop {
                         .sent_entries
                         .get_or_create(&self.metric_labels)
                         .inc_by(entries);
-                    return true;
+                    return Sent::Done;
                 }
+                Outcome::Reject { status: 413, .. } => return Sent::TooLarge,
                 Outcome::Reject { status, reason } => {
+                    let why = reject_reason(&reason);
                     log::error!(
                         "Loki rejected a batch of {entries} entries with {status}: {reason}; \
-                         dropped (counted in loki_write_dropped_entries_total{{reason=\"ingester_error\"}})"
+                         dropped (counted in loki_write_dropped_entries_total{{reason=\"{why}\"}}; \
+                         a 400 may have stored the valid entries: Loki rejects the invalid ones \
+                         and keeps the rest)"
                     );
-                    self.count_drop("ingester_error", entries, n);
-                    return true;
+                    self.count_drop(why, entries, n);
+                    return Sent::Done;
                 }
                 Outcome::Retry { status, reason } => {
                     let max = self.retry.max_retries;
                     if max > 0 && backoff.retries + 1 >= max {
-                        let why = if status == 429 {
-                            "rate_limited"
-                        } else {
-                            "ingester_error"
+                        let why = match status {
+                            429 if is_stream_limit(&reason) => "stream_limited",
+                            429 => "rate_limited",
+                            _ => "ingester_error",
                         };
                         log::error!(
                             "giving up on a batch of {entries} entries after {max} attempts \
@@ -339,7 +406,7 @@ impl SenderLoop {
                              loki.retry.max_retries: 0 to retry until Loki takes it"
                         );
                         self.count_drop(why, entries, n);
-                        return true;
+                        return Sent::Done;
                     }
                     METRICS
                         .batch_retries
@@ -353,7 +420,7 @@ impl SenderLoop {
                     );
                     stop.sleep(wait);
                     if stop.past_deadline() {
-                        return false;
+                        return Sent::Stopped;
                     }
                 }
             }
@@ -365,6 +432,22 @@ impl SenderLoop {
         METRICS.dropped_entries.get_or_create(&l).inc_by(entries);
         METRICS.dropped_bytes.get_or_create(&l).inc_by(bytes);
     }
+}
+
+/// The drop reason of a non-retryable answer, from Loki's message (Alloy's reason values).
+fn reject_reason(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("line_too_long") || m.contains("max entry size") {
+        "line_too_long"
+    } else {
+        "ingester_error"
+    }
+}
+
+/// Loki's 429 for too many active streams, as opposed to its rate limits.
+fn is_stream_limit(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("stream limit") || m.contains("stream_limit")
 }
 
 fn write_stdout(chunks: &[Chunk], filter: Option<&Filter>, stop: &Stop) -> bool {
@@ -379,5 +462,36 @@ fn write_stdout(chunks: &[Chunk], filter: Option<&Filter>, stop: &Stop) -> bool 
             stop.begin(Duration::ZERO);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loki_messages_give_alloy_reasons() {
+        // Loki's validation message for an over-long line, and the reason's own name.
+        assert_eq!(
+            reject_reason(
+                "Max entry size '262144' bytes exceeded for stream '{a=\"b\"}' while adding an \
+                 entry with length '300000' bytes"
+            ),
+            "line_too_long"
+        );
+        assert_eq!(
+            reject_reason("... reason: line_too_long ..."),
+            "line_too_long"
+        );
+        assert_eq!(
+            reject_reason("entry for stream '{a=\"b\"}' has timestamp too old"),
+            "ingester_error"
+        );
+        assert!(is_stream_limit(
+            "Maximum active stream limit exceeded, reduce the number of active streams (stream limit: 5000)"
+        ));
+        assert!(!is_stream_limit(
+            "Ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec)"
+        ));
     }
 }

@@ -116,6 +116,9 @@ pub struct Limits {
     pub creation_grace_period: Duration,
     /// `auth_enabled: true`: a request without `X-Scope-OrgID` gets 401 `no org id`.
     pub require_tenant: bool,
+    /// Largest body accepted (`max_recv_msg_size`, or a proxy's limit in front of Loki, such as
+    /// nginx's `client_max_body_size`); larger gets 413.
+    pub max_body: usize,
 }
 
 impl Default for Limits {
@@ -129,6 +132,7 @@ impl Default for Limits {
             max_structured_metadata_entries: 128,
             creation_grace_period: Duration::from_secs(600),
             require_tenant: false,
+            max_body: MAX_BODY,
         }
     }
 }
@@ -500,7 +504,13 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
     };
     let mut reader = BufReader::new(stream);
     loop {
-        let req = match read_request(&mut reader, &mut writer) {
+        let max_body = shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits
+            .max_body;
+        let req = match read_request(&mut reader, &mut writer, max_body) {
             Ok(ReadOutcome::Request(r)) => r,
             Ok(ReadOutcome::Closed) | Err(_) => break,
             Ok(ReadOutcome::Reject(status, msg)) => {
@@ -534,7 +544,11 @@ fn finish(shared: &Shared) {
     shared.cond.notify_all();
 }
 
-fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<ReadOutcome> {
+fn read_request(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    max_body: usize,
+) -> io::Result<ReadOutcome> {
     // Skip empty lines before a request line (RFC 9112 §2.2).
     let line = loop {
         match read_head_line(r) {
@@ -578,11 +592,16 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> io::Result<R
     } else {
         match content_length(&headers) {
             Ok(None) => Vec::new(),
-            Ok(Some(len)) if len > MAX_BODY => {
+            Ok(Some(len)) if len > max_body => {
+                // Read it first, as nginx does: closing with unread data would reset the
+                // connection, and the client would see a transport error instead of the 413.
+                if len <= MAX_BODY {
+                    read_exact_vec(r, len)?;
+                }
                 return Ok(ReadOutcome::Reject(
                     413,
-                    format!("request body too large: {len} bytes, limit {MAX_BODY}\n"),
-                ))
+                    format!("request body too large: {len} bytes, limit {max_body}\n"),
+                ));
             }
             Ok(Some(len)) => read_exact_vec(r, len)?,
             Err(e) => return Ok(ReadOutcome::Reject(400, format!("{e}\n"))),
@@ -652,6 +671,9 @@ struct Pending {
 /// What a valid push carried: entries plus facts for programmed error messages.
 struct Valid {
     entries: Vec<Pending>,
+    /// Loki's messages for entries it discarded (too long): like Loki, the others are stored and
+    /// the answer is 400 with these messages.
+    rejected: Vec<String>,
     streams: usize,
     bytes: usize,
     first_labels: String,
@@ -681,7 +703,13 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
         Err((status, msg)) => (*status, msg.clone(), Some(msg.trim_end().to_string())),
         Ok(valid) => {
             let status = next_status(&mut st, now);
-            (status, programmed_body(status, valid), None)
+            if (200..300).contains(&status) && !valid.rejected.is_empty() {
+                // Partial acceptance: the valid entries are stored, the answer is 400.
+                let msg = valid.rejected.join("\n");
+                (400, format!("{msg}\n"), Some(msg))
+            } else {
+                (status, programmed_body(status, valid), None)
+            }
         }
     };
     let (streams, entries) = match &outcome {
@@ -689,7 +717,7 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
         Err(_) => (0, 0),
     };
     if let Ok(valid) = outcome {
-        if (200..300).contains(&status) {
+        if (200..300).contains(&status) || (status == 400 && !valid.rejected.is_empty()) {
             for p in valid.entries {
                 st.entries.push(Received {
                     labels: p.labels,
@@ -808,6 +836,7 @@ fn validate(req: &Request, limits: &Limits) -> Result<Valid, (u16, String)> {
     let future_limit = unix_now_ns().saturating_add(limits.creation_grace_period.as_nanos() as i64);
     let mut valid = Valid {
         entries: Vec::new(),
+        rejected: Vec::new(),
         streams: push.streams.len(),
         bytes: 0,
         first_labels: push.streams[0].labels.clone(),
@@ -879,12 +908,13 @@ fn validate(req: &Request, limits: &Limits) -> Result<Valid, (u16, String)> {
                 )));
             }
             if limits.max_line_size > 0 && e.line.len() > limits.max_line_size {
-                return Err(bad(format!(
+                valid.rejected.push(format!(
                     "Max entry size '{}' bytes exceeded for stream '{ls}' while adding an entry \
                      with length '{}' bytes",
                     limits.max_line_size,
                     e.line.len()
-                )));
+                ));
+                continue;
             }
             if e.structured_metadata.len() > limits.max_structured_metadata_entries {
                 return Err(bad(format!(

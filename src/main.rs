@@ -170,7 +170,14 @@ fn tap_remote(addr: &str, filter: &Filter) -> Result<(), String> {
         line.clear();
         match r.read_line(&mut line) {
             Ok(0) => return Ok(()),
-            Ok(_) if line == "\n" => continue,
+            // A keepalive: the moment to notice that whoever reads our stdout has gone (a
+            // `kubectl exec` without -t leaves this process running after Ctrl-C), so that an
+            // orphaned tap does not hold one of the server's few tap slots.
+            Ok(_) if line == "\n" => {
+                if stdout_closed() {
+                    return Ok(());
+                }
+            }
             Ok(_) if line.starts_with("{\"tap_dropped\"") => {
                 eprintln!(
                     "ringtail tap: the tap fell behind and skipped {}",
@@ -190,4 +197,16 @@ fn tap_remote(addr: &str, filter: &Filter) -> Result<(), String> {
             Err(e) => return Err(format!("reading from {addr}: {e}")),
         }
     }
+}
+
+/// True when stdout's reader has gone (a closed pipe or a hung-up terminal).
+fn stdout_closed() -> bool {
+    let mut p = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }

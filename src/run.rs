@@ -43,7 +43,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
 /// the journal, its metrics server takes any free loopback port, and it does not campaign for
 /// the events Lease.
 pub fn tap(mut cfg: Config, filter: Filter) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("ringtail-tap-{}", std::process::id()));
+    let dir = fresh_temp_dir()?;
     cfg.data_dir = dir.clone();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.logs.pods.read_from = crate::config::ReadFrom::End;
@@ -52,6 +52,27 @@ pub fn tap(mut cfg: Config, filter: Filter) -> Result<(), String> {
     let r = run_with(cfg, Some(Output::Tap(filter)));
     let _ = std::fs::remove_dir_all(&dir);
     r
+}
+
+/// A new, empty, private directory under `$TMPDIR`: never one a killed tap left behind (its
+/// positions would make files start where that run stopped).
+fn fresh_temp_dir() -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let mut last = None;
+    for _ in 0..16 {
+        let dir = base.join(format!("ringtail-tap-{:016x}", fastrand::u64(..)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "cannot create a directory in {} for the tap's positions: {}; set TMPDIR to a \
+         writable directory",
+        base.display(),
+        last.map_or_else(String::new, |e| e.to_string())
+    ))
 }
 
 fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {

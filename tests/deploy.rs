@@ -153,6 +153,7 @@ fn daemonset_mounts_are_the_contract_ones_and_only_positions_are_writable() {
 
         let mut expected: Vec<&str> = HOST_MOUNTS.iter().map(|(p, _)| *p).collect();
         expected.push("/etc/ringtail");
+        expected.push("/tmp");
         expected.sort_unstable();
         assert_eq!(
             mounts.keys().copied().collect::<Vec<_>>(),
@@ -164,6 +165,13 @@ fn daemonset_mounts_are_the_contract_ones_and_only_positions_are_writable() {
             expected.len(),
             "{overlay}: no unused volumes"
         );
+
+        // /tmp (the root filesystem is read-only) is a small in-memory scratch, for `ringtail
+        // tap --config`'s throwaway positions; never a host path.
+        let (tmp, tmp_ro) = mounts["/tmp"];
+        assert!(!tmp_ro, "{overlay}: /tmp is writable");
+        assert_eq!(str_at(tmp, "emptyDir.medium"), "Memory", "{overlay}");
+        assert_eq!(str_at(tmp, "emptyDir.sizeLimit"), "16Mi", "{overlay}");
 
         for (path, writable) in HOST_MOUNTS {
             let (vol, ro) = mounts[path];

@@ -24,11 +24,16 @@ struct TapProc {
 
 impl TapProc {
     fn start(dir: &Path, args: &[&str]) -> TapProc {
+        TapProc::start_with_env(dir, args, &[])
+    }
+
+    fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> TapProc {
         fs::create_dir_all(dir).unwrap();
         let (out, err) = (dir.join("tap.stdout"), dir.join("tap.stderr"));
         let child = Command::new(bin_path())
             .arg("tap")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&out).unwrap())
             .stderr(File::create(&err).unwrap())
@@ -148,7 +153,8 @@ fn tap_shows_what_a_running_ringtail_sends_filtered_and_only_to_loopback() {
     assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
     assert!(answer.contains("loopback"), "{answer}");
 
-    // A bad filter is the server's 400, said by the client.
+    // A bad filter: the client refuses it (exit 2, with the valid values), and so does the
+    // server for a client that sends one anyway (400).
     let bad = run_cli(
         &[
             "tap",
@@ -164,6 +170,22 @@ fn tap_shows_what_a_running_ringtail_sends_filtered_and_only_to_loopback() {
         bad.stderr.contains("pods, rke2, journal, events"),
         "{bad:?}"
     );
+    let meta = run_cli(
+        &[
+            "tap",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--match",
+            "level=error",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(meta.status.and_then(|s| s.code()), Some(2), "{meta:?}");
+    assert!(meta.stderr.contains("structured metadata"), "{meta:?}");
+    for query in ["sauce=pods", "source=files", "match=%zz"] {
+        let r = support::http::get(port, &format!("/tap?{query}")).unwrap();
+        assert_eq!(r.status, 400, "{query}: {}", r.text());
+    }
 
     // No secret in the tap, the metrics or the logs.
     let tapped = fs::read_to_string(&tap.out).unwrap();
@@ -212,7 +234,10 @@ fn tap_in_the_foreground_prints_new_lines_and_ships_nothing() {
     let port = busy.local_addr().unwrap().port();
     let cfg_path = tmp.path().join("ringtail.yaml");
     fs::write(&cfg_path, pods_only_config(&data, &pods, &rx.url(), port)).unwrap();
-    let tap = TapProc::start(
+    // Its throwaway positions go under TMPDIR: a fresh directory, removed when it stops.
+    let tmpdir = tmp.path().join("tmpdir");
+    fs::create_dir_all(&tmpdir).unwrap();
+    let mut tap = TapProc::start_with_env(
         &tmp.path().join("tap"),
         &[
             "--config",
@@ -220,6 +245,7 @@ fn tap_in_the_foreground_prints_new_lines_and_ships_nothing() {
             "--match",
             "namespace=a",
         ],
+        &[("TMPDIR", tmpdir.to_str().unwrap())],
     );
     // Started (its start scans are done) once it says it runs.
     let deadline = Instant::now() + WAIT;
@@ -240,5 +266,15 @@ fn tap_in_the_foreground_prints_new_lines_and_ships_nothing() {
     assert_eq!(tap.lines().len(), 3);
     assert_eq!(rx.requests(), 0, "the foreground tap ships nothing");
     assert!(!data.exists(), "the configured data_dir is left alone");
+    assert_eq!(
+        fs::read_dir(&tmpdir).unwrap().count(),
+        1,
+        "one fresh directory"
+    );
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(tap.child.id() as i32, libc::SIGTERM) };
+    let status = tap.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", tap.stderr());
+    assert_eq!(fs::read_dir(&tmpdir).unwrap().count(), 0, "removed at exit");
     drop(busy);
 }

@@ -19,8 +19,9 @@ use crate::entry::{Advance, AdvanceKind, EventsPos, FileAdvance, FileKey};
 use crate::telemetry::metrics::METRICS;
 use store::FilePos;
 
-/// Committed file offsets as last written, for discovery's `ringtail_read_lag_bytes` (file
-/// size minus committed offset). Copied once a second, when the positions file is written.
+/// Committed file offsets, for discovery's `ringtail_read_lag_bytes` (file size minus committed
+/// offset). Updated on every ack, so the lag is right even while the positions file cannot be
+/// written.
 #[derive(Default)]
 pub struct Committed(Mutex<HashMap<FileKey, u64>>);
 
@@ -40,6 +41,8 @@ pub struct Positions {
     journal_cursor: Option<String>,
     events_ack: Option<EventsAck>,
     committed: Arc<Committed>,
+    /// `ringtail_positions_commits_total` per source, fetched once each.
+    commits: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
     dirty: bool,
     last_save: Instant,
     interval: Duration,
@@ -53,7 +56,10 @@ impl Positions {
             files: loaded.files.iter().map(|p| (p.key(), p.clone())).collect(),
             journal_cursor: loaded.journal_cursor.clone(),
             events_ack: None,
-            committed: Arc::default(),
+            committed: Arc::new(Committed(Mutex::new(
+                loaded.files.iter().map(|p| (p.key(), p.offset)).collect(),
+            ))),
+            commits: Vec::new(),
             dirty: false,
             // The first change is written at once: files registered at start are on disk
             // before a crash in the first second could forget them.
@@ -69,12 +75,6 @@ impl Positions {
         self.committed.clone()
     }
 
-    fn publish_offsets(&self) {
-        let mut shared = self.committed.offsets();
-        shared.clear();
-        shared.extend(self.files.iter().map(|(k, p)| (*k, p.offset)));
-    }
-
     /// Where acked Events positions go.
     pub fn on_events_ack(&mut self, f: EventsAck) {
         self.events_ack = Some(f);
@@ -82,7 +82,17 @@ impl Positions {
 
     /// Applies one acked advance.
     pub fn apply(&mut self, a: &Advance) {
-        METRICS.positions_committed(a.source());
+        let source = a.source();
+        match self.commits.iter().find(|(s, _)| *s == source) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                let c = METRICS.positions_committed(source);
+                c.inc();
+                self.commits.push((source, c));
+            }
+        }
         match a {
             Advance::File(f) => self.apply_file(f),
             Advance::Journal { cursor } => self.journal_cursor = Some(cursor.clone()),
@@ -99,6 +109,7 @@ impl Positions {
     fn apply_file(&mut self, a: &FileAdvance) {
         if a.kind == AdvanceKind::Done {
             self.files.remove(&a.file);
+            self.committed.offsets().remove(&a.file);
             return;
         }
         let entry = self.files.entry(a.file).or_insert_with(|| FilePos {
@@ -124,6 +135,7 @@ impl Positions {
         entry.path = a.path.to_path_buf();
         entry.fp_len = a.fingerprint.len;
         entry.fp_hash = a.fingerprint.hash;
+        self.committed.offsets().insert(a.file, a.to);
     }
 
     /// The committed offset of a file, if any.
@@ -135,6 +147,7 @@ impl Positions {
     pub fn retain(&mut self, keep: impl Fn(&FileKey) -> bool) {
         let before = self.files.len();
         self.files.retain(|k, _| keep(k));
+        self.committed.offsets().retain(|k, _| keep(k));
         self.dirty |= self.files.len() != before;
     }
 
@@ -158,7 +171,6 @@ impl Positions {
             Ok(()) => {
                 self.dirty = false;
                 METRICS.positions_writes.inc();
-                self.publish_offsets();
             }
             Err(e) => {
                 METRICS.positions_errors.inc();

@@ -210,7 +210,7 @@ impl Metrics {
             );
             r.register(
                 "ringtail_file_events",
-                "File lifecycle events: new, rotated, truncated, deleted, reopened, skipped",
+                "Source events by kind: new, renamed, finished, truncated, skipped, unreadable, closed_lru, gone_while_down, read_error, overlong_record, partial_flushed, without_metadata, relabelled, journal_*, event_without_object",
                 m.file_events.clone(),
             );
             r.register(
@@ -357,11 +357,12 @@ impl Metrics {
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
-    /// One acked position applied.
-    pub fn positions_committed(&self, source: &'static str) {
+    /// The `ringtail_positions_commits_total` counter of a source (kept by the caller: getting
+    /// it takes the family's lock).
+    pub fn positions_committed(&self, source: &'static str) -> Counter {
         self.positions_commits
             .get_or_create(&vec![("source", source.to_string())])
-            .inc();
+            .clone()
     }
 
     /// Sets `ringtail_streams_tracked` for a source that is not a file tree.

@@ -173,7 +173,7 @@ fn tap(mut conn: TcpStream, query: &[u8]) -> std::io::Result<()> {
     )?;
     let mut reported = 0;
     loop {
-        match sub.lines.recv_timeout(TAP_KEEPALIVE) {
+        match sub.recv_timeout(TAP_KEEPALIVE) {
             Ok(line) => conn.write_all(line.as_bytes())?,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => conn.write_all(b"\n")?,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),

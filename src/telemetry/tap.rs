@@ -9,8 +9,9 @@
 //! writer: its queue is bounded, and what does not fit is dropped and reported to it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use crate::entry::{Chunk, LabelSet};
 use crate::sink::stdout::{entry_json, labels_json};
@@ -24,6 +25,18 @@ const SOURCES: [(&str, Option<&str>); 4] = [
     ("events", Some("kubernetes-events")),
 ];
 
+/// Structured-metadata names (contract §1): not labels, so `--match` cannot select them.
+const META_KEYS: [&str; 8] = [
+    "stream",
+    "level",
+    "trace_id",
+    "truncated",
+    "pid",
+    "syslog_identifier",
+    "name",
+    "reason",
+];
+
 /// Which entries a tap wants: one source (or all), and labels that must all match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -32,7 +45,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// From the command line: `--source` and `--match name=value` (repeatable).
+    /// From the command line: `--source` and `--match name=value` (repeatable). Matches are on
+    /// stream labels; a structured-metadata name (`level`, `trace_id`, ...) is refused rather than
+    /// silently matching nothing.
     pub fn new(source: Option<&str>, matches: &[String]) -> Result<Filter, String> {
         let source = match source {
             None => None,
@@ -49,6 +64,10 @@ impl Filter {
         let matches = matches
             .iter()
             .map(|m| match m.split_once('=') {
+                Some((k, _)) if META_KEYS.contains(&k) => Err(format!(
+                    "--match {m:?}: {k} is structured metadata, not a stream label; tap matches \
+                     stream labels (pipe the output to jq or grep for metadata)"
+                )),
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
                 _ => Err(format!(
                     "--match {m:?}: use label=value, e.g. --match namespace=emojivoto"
@@ -141,25 +160,44 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Lines a tap may have queued; past this they are dropped (and counted for it).
-const QUEUE: usize = 4096;
+/// Bytes of rendered lines a tap may have queued; past this, lines are dropped (and counted for
+/// it). A tap's reader (`kubectl exec`, a terminal) can be much slower than a node's logs: its
+/// queue must cost the shipper a bounded amount of memory.
+pub const QUEUE_BYTES: usize = 4 << 20;
 /// Taps at once: each holds a connection of the metrics server.
 pub const MAX_TAPS: usize = 4;
 
 struct Sub {
     id: u64,
     filter: Filter,
-    tx: SyncSender<String>,
+    tx: Sender<Arc<str>>,
+    queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
+}
+
+impl Sub {
+    fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) < QUEUE_BYTES
+    }
 }
 
 /// One tap's end; dropping it closes the tap.
 pub struct Subscription {
-    pub lines: Receiver<String>,
+    lines: Receiver<Arc<str>>,
+    queued: Arc<AtomicUsize>,
     /// Lines that did not fit in its queue.
     pub dropped: Arc<AtomicU64>,
     id: u64,
     hub: &'static Tap,
+}
+
+impl Subscription {
+    /// The next line, waiting at most `d`.
+    pub fn recv_timeout(&self, d: Duration) -> Result<Arc<str>, RecvTimeoutError> {
+        let line = self.lines.recv_timeout(d)?;
+        self.queued.fetch_sub(line.len(), Ordering::Relaxed);
+        Ok(line)
+    }
 }
 
 impl Drop for Subscription {
@@ -193,51 +231,78 @@ impl Tap {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, lines) = sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, lines) = channel();
+        let (queued, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
         subs.push(Sub {
             id,
             filter,
             tx,
+            queued: queued.clone(),
             dropped: dropped.clone(),
         });
         self.set_count(subs.len());
         Some(Subscription {
             lines,
+            queued,
             dropped,
             id,
             hub: self,
         })
     }
 
-    /// Hands a chunk's wanted entries to the taps; taps that hung up are let go.
+    /// Hands a chunk's wanted entries to the taps, each rendered once for all of them; a tap
+    /// whose queue is full costs no rendering, only a count. Taps that hung up are let go.
     pub fn publish(&self, chunk: &Chunk) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        // Per label set: which taps want it, and its JSON (rendered only if someone does).
+        let wants: Vec<Vec<bool>> = chunk
+            .labels
+            .iter()
+            .map(|set| subs.iter().map(|s| s.filter.accepts(set)).collect())
+            .collect();
+        let labels: Vec<Option<String>> = chunk
+            .labels
+            .iter()
+            .zip(&wants)
+            .map(|(set, w)| w.contains(&true).then(|| labels_json(set)))
+            .collect();
+        let mut gone = vec![false; subs.len()];
         let mut line = String::new();
-        subs.retain(|sub| {
-            let labels: Vec<Option<String>> = chunk
-                .labels
-                .iter()
-                .map(|set| sub.filter.accepts(set).then(|| labels_json(set)))
-                .collect();
-            for e in &chunk.entries {
-                let Some(l) = &labels[usize::from(e.labels).min(labels.len() - 1)] else {
-                    continue;
-                };
-                line.clear();
-                entry_json(chunk, e, l, &mut line);
-                match sub.tx.try_send(line.clone()) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        sub.dropped.fetch_add(1, Ordering::Relaxed);
+        for e in &chunk.entries {
+            let li = usize::from(e.labels).min(chunk.labels.len() - 1);
+            let (Some(l), w) = (&labels[li], &wants[li]) else {
+                continue;
+            };
+            let with_room: Vec<usize> = (0..subs.len())
+                .filter(|&i| w[i] && !gone[i])
+                .filter(|&i| {
+                    let room = subs[i].has_room();
+                    if !room {
+                        subs[i].dropped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(TrySendError::Disconnected(_)) => return false,
+                    room
+                })
+                .collect();
+            if with_room.is_empty() {
+                continue;
+            }
+            line.clear();
+            entry_json(chunk, e, l, &mut line);
+            let shared: Arc<str> = Arc::from(line.as_str());
+            for i in with_room {
+                subs[i].queued.fetch_add(shared.len(), Ordering::Relaxed);
+                if subs[i].tx.send(shared.clone()).is_err() {
+                    gone[i] = true;
                 }
             }
-            true
+        }
+        let mut i = 0;
+        subs.retain(|_| {
+            i += 1;
+            !gone[i - 1]
         });
         self.set_count(subs.len());
     }
@@ -269,6 +334,8 @@ mod tests {
             .unwrap_err()
             .contains("pods, rke2"));
         assert!(Filter::new(None, &["novalue".into()]).is_err());
+        let e = Filter::new(None, &["level=error".into()]).unwrap_err();
+        assert!(e.contains("structured metadata"), "{e}");
     }
 
     #[test]
@@ -303,7 +370,13 @@ mod tests {
             .subscribe(Filter::new(None, &["namespace=a".into()]).unwrap())
             .unwrap();
         tap.publish(&c);
-        let got: Vec<String> = only_a.lines.try_iter().collect();
+        let got: Vec<String> = std::iter::from_fn(|| {
+            only_a
+                .recv_timeout(Duration::from_millis(1))
+                .ok()
+                .map(|l| l.to_string())
+        })
+        .collect();
         assert_eq!(
             got,
             [
@@ -311,10 +384,27 @@ mod tests {
                 "{\"labels\":{\"namespace\":\"a\",\"pod\":\"p\"},\"ts\":\"1970-01-01T00:00:00Z\",\"line\":\"three\",\"metadata\":{}}\n",
             ]
         );
-        for _ in 0..QUEUE {
+        assert_eq!(only_a.queued.load(Ordering::Relaxed), 0);
+        // A reader that does not keep up: its queue stops at the byte budget, the rest is counted.
+        let line_len = got[0].len();
+        let rounds = QUEUE_BYTES / line_len; // two lines per round: the budget is passed
+        for _ in 0..rounds {
             tap.publish(&c);
         }
-        assert_eq!(only_a.dropped.load(Ordering::Relaxed), QUEUE as u64);
+        let queued = only_a.queued.load(Ordering::Relaxed);
+        assert!(
+            queued >= QUEUE_BYTES && queued < QUEUE_BYTES + 2 * line_len,
+            "{queued}"
+        );
+        let mut kept = 0;
+        while only_a.recv_timeout(Duration::from_millis(1)).is_ok() {
+            kept += 1;
+        }
+        assert_eq!(only_a.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            only_a.dropped.load(Ordering::Relaxed),
+            (2 * rounds - kept) as u64
+        );
         drop(only_a);
         assert_eq!(tap.count.load(Ordering::Relaxed), 0);
         let subs: Vec<_> = (0..MAX_TAPS)

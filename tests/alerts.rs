@@ -41,6 +41,7 @@ const ALERT_METRICS: [(&str, &[&str]); 7] = [
         &[
             "kube_daemonset_status_desired_number_scheduled",
             "kube_daemonset_status_number_ready",
+            "kube_daemonset_status_updated_number_scheduled",
         ],
     ),
     ("RingtailPodNotReady", &["kube_pod_status_ready"]),

@@ -247,6 +247,11 @@ impl PodTree {
         let now = Instant::now();
         let mut pending = HashMap::with_capacity(self.pending.len());
         for pod_dir in pods.flatten() {
+            // kubelet makes real directories; a symlink would reach a pod's files a second
+            // time under another name (and read them again from 0 as a "new" file).
+            if pod_dir.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
             let name = pod_dir.file_name();
             let Some(dir_name) = name.to_str() else {
                 continue;
@@ -268,6 +273,9 @@ impl PodTree {
                 continue;
             };
             for c in containers.flatten() {
+                if c.file_type().is_ok_and(|t| t.is_symlink()) {
+                    continue;
+                }
                 let cname = c.file_name();
                 let Some(container) = cname.to_str() else {
                     continue;
@@ -554,7 +562,6 @@ impl Discovery {
                         // over.
                         continue;
                     }
-                    METRICS.file_event("new");
                     let path: Arc<Path> = Arc::from(found.path.as_path());
                     let labels_pending = matches!(found.meta, MetaState::Pending { .. });
                     if labels_pending {
@@ -573,6 +580,9 @@ impl Discovery {
                         catalog: found.catalog,
                     };
                     if let Some(known) = self.add(key, path, spec, size, mtime, at_start) {
+                        // Counted once it could be opened: an unreadable file is retried on
+                        // every scan, not new each time.
+                        METRICS.file_event("new");
                         self.known.insert(key, known);
                     } else {
                         self.known.remove(&key);

@@ -32,6 +32,34 @@ pub enum Life {
     Draining,
 }
 
+/// A line being gathered across reads.
+struct LongLine {
+    /// Its first byte's offset.
+    start: u64,
+    buf: Vec<u8>,
+    /// Bytes past the limit were skipped.
+    cut: bool,
+    /// Already sent (the file went quiet before its newline): the rest of it is skipped.
+    sent: bool,
+}
+
+/// Bytes kept past `max_line_size`: room for a CRI record's header, so that a cut record's
+/// content is still over the limit and the line is marked truncated when it is cut to it.
+const HEADER_ROOM: usize = 128;
+
+impl LongLine {
+    fn push(&mut self, bytes: &[u8], max_line: usize) {
+        if self.sent {
+            return;
+        }
+        let room = (max_line + HEADER_ROOM).saturating_sub(self.buf.len());
+        if bytes.len() > room {
+            self.cut = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
 pub struct Tail {
     pub key: FileKey,
     pub path: Arc<Path>,
@@ -47,8 +75,9 @@ pub struct Tail {
     /// The next advance restarts the chain (the file was truncated).
     restart: bool,
     partials: Partials,
-    /// Skipping the rest of a line longer than the read buffer.
-    discarding: bool,
+    /// A line longer than one read (a record containerd did not split, an RKE2 line, junk
+    /// without newlines), gathered across reads up to `max_line_size`; the rest is skipped.
+    long: Option<LongLine>,
     /// Size at discovery's last scan, shared with it: a value, not a queue of messages, so a
     /// tailer paused by backpressure never piles up updates.
     pub size_hint: Arc<AtomicU64>,
@@ -87,7 +116,7 @@ impl Tail {
             sent_to: start,
             restart: false,
             partials: Partials::default(),
-            discarding: false,
+            long: None,
             size_hint,
             errors: 0,
             last_ts: None,
@@ -115,15 +144,27 @@ impl Tail {
         self.size_hint.load(Ordering::Relaxed)
     }
 
-    /// True when a CRI partial line is waiting for its end.
+    /// True when a CRI partial line, or a long line being gathered, is waiting for its end.
     pub fn has_pending(&self) -> bool {
-        self.partials.earliest_start().is_some()
+        self.partials.earliest_start().is_some() || self.long.as_ref().is_some_and(|l| !l.sent)
     }
 
     /// Sends pending partial lines as they are: the file ended (or went quiet) without their
-    /// final `F`, as containerd leaves output that ends without a newline. Returns how many.
+    /// final `F`, as containerd leaves output that ends without a newline; and a long line
+    /// gathered so far, marked truncated (the rest of it, if it comes, is skipped). Returns how
+    /// many.
     pub fn flush_partials(&mut self, proc: &mut Processor, chunk: &mut Chunk) -> usize {
         let mut n = 0;
+        if let Some(mut long) = self.long.take() {
+            if !long.sent {
+                let read_ns = crate::timefmt::now_ns();
+                self.line(&long.buf, long.start, read_ns, true, proc, chunk);
+                long.sent = true;
+                long.buf = Vec::new();
+                n += 1;
+            }
+            self.long = Some(long);
+        }
         self.partials
             .take_pending(|stream, ts_ns, content, truncated| {
                 proc.pod_line(chunk, ts_ns, stream, content, truncated);
@@ -136,26 +177,32 @@ impl Tail {
     /// For a file that is gone and will not grow: the bytes after the last newline are its last
     /// line. Sends it, then any pending partials, and moves to the end.
     pub fn consume_rest(&mut self, buf: &[u8], proc: &mut Processor, chunk: &mut Chunk) {
-        if !self.discarding && !buf.is_empty() {
-            let read_ns = crate::timefmt::now_ns();
-            self.line(buf, self.read_offset, read_ns, proc, chunk);
+        let read_ns = crate::timefmt::now_ns();
+        if let Some(mut long) = self.long.take() {
+            if !long.sent {
+                long.push(buf, proc.max_line());
+                self.line(&long.buf, long.start, read_ns, long.cut, proc, chunk);
+            }
+        } else if !buf.is_empty() {
+            self.line(buf, self.read_offset, read_ns, false, proc, chunk);
         }
-        self.discarding = false;
         self.read_offset += buf.len() as u64;
         self.flush_partials(proc, chunk);
     }
 
+    /// One line; `cut`: its end was skipped (it was longer than `max_line_size` allows).
     fn line(
         &mut self,
         line: &[u8],
         offset: u64,
         read_ns: i64,
+        cut: bool,
         proc: &mut Processor,
         chunk: &mut Chunk,
     ) {
         if self.format == Format::Plain {
             let fallback = self.last_ts.unwrap_or(read_ns);
-            if let Some(ts) = proc.plain_line(chunk, read_ns, fallback, line, false) {
+            if let Some(ts) = proc.plain_line(chunk, read_ns, fallback, line, cut) {
                 self.last_ts = Some(ts);
             }
             return;
@@ -164,10 +211,10 @@ impl Tail {
             Some(rec) => {
                 let stream = rec.stream;
                 if let Some(j) = self.partials.feed(rec, offset, proc.max_line()) {
-                    proc.pod_line(chunk, j.ts_ns, stream, j.content, j.truncated);
+                    proc.pod_line(chunk, j.ts_ns, stream, j.content, j.truncated || cut);
                 }
             }
-            None => proc.malformed_line(chunk, read_ns, line, false),
+            None => proc.malformed_line(chunk, read_ns, line, cut),
         }
     }
 
@@ -178,7 +225,7 @@ impl Tail {
         self.read_offset = 0;
         self.restart = true;
         self.partials.clear();
-        self.discarding = false;
+        self.long = None;
         self.fingerprint = Fingerprint::default();
         lost
     }
@@ -197,33 +244,40 @@ impl Tail {
             let line = &buf[pos..nl];
             let offset = base + pos as u64;
             pos = nl + 1;
-            if self.discarding {
-                self.discarding = false;
+            if let Some(mut long) = self.long.take() {
+                if !long.sent {
+                    long.push(line, proc.max_line());
+                    self.line(&long.buf, long.start, read_ns, long.cut, proc, chunk);
+                }
                 continue;
             }
-            self.line(line, offset, read_ns, proc, chunk);
+            self.line(line, offset, read_ns, false, proc, chunk);
         }
         if pos == 0 && full && !buf.is_empty() {
-            // A whole buffer without a newline: a record longer than a read (containerd splits
-            // at 16 KiB unless told otherwise). Send its start, marked truncated, keeping its
-            // timestamp and stream when the header parses, and skip to the next newline.
-            if !self.discarding {
+            // A whole buffer without a newline: a line longer than a read. Gather it (up to
+            // max_line_size) until its newline comes; the position stays at its start, so a
+            // restart reads it again.
+            let long = self.long.get_or_insert_with(|| {
                 METRICS.file_event("overlong_record");
-                match (self.format, cri::parse(buf)) {
-                    (Format::Plain, _) => {
-                        let fallback = self.last_ts.unwrap_or(read_ns);
-                        if let Some(ts) = proc.plain_line(chunk, read_ns, fallback, buf, true) {
-                            self.last_ts = Some(ts);
-                        }
-                    }
-                    (Format::Cri, Some(rec)) => {
-                        proc.pod_line(chunk, rec.ts_ns, rec.stream, rec.content, true)
-                    }
-                    (Format::Cri, None) => proc.malformed_line(chunk, read_ns, buf, true),
+                LongLine {
+                    start: base,
+                    buf: Vec::new(),
+                    cut: false,
+                    sent: false,
                 }
-                self.discarding = true;
-            }
+            });
+            long.push(buf, proc.max_line());
             pos = buf.len();
+            if long.cut && !long.sent {
+                // Past max_line_size already: what is kept is final, so it goes now (a 100 GiB
+                // file of zeros must not wait for its end), and the rest of it is skipped.
+                if let Some(mut long) = self.long.take() {
+                    self.line(&long.buf, long.start, read_ns, true, proc, chunk);
+                    long.sent = true;
+                    long.buf = Vec::new();
+                    self.long = Some(long);
+                }
+            }
         }
         self.read_offset = base + pos as u64;
         self.partials.shrink(256 << 10);
@@ -232,11 +286,7 @@ impl Tail {
 
     /// Sets the chunk's advance to the current safe position.
     pub fn set_advance(&mut self, chunk: &mut Chunk, kind: AdvanceKind) {
-        let safe = self
-            .partials
-            .earliest_start()
-            .unwrap_or(self.read_offset)
-            .min(self.read_offset);
+        let safe = self.safe_position();
         let kind = match (kind, self.restart) {
             (AdvanceKind::Continue, true) => AdvanceKind::Restart,
             (k, _) => k,
@@ -261,7 +311,22 @@ impl Tail {
 
     /// True when the last advance sent already covers everything read.
     pub fn nothing_to_advance(&self) -> bool {
-        !self.restart && self.sent_to == self.partials.earliest_start().unwrap_or(self.read_offset)
+        !self.restart && self.sent_to == self.safe_position()
+    }
+
+    /// Where a restart may begin without losing a line: the read offset, or the start of a
+    /// pending CRI partial or of a long line being gathered.
+    fn safe_position(&self) -> u64 {
+        self.partials
+            .earliest_start()
+            .unwrap_or(self.read_offset)
+            .min(self.read_offset)
+            .min(
+                self.long
+                    .as_ref()
+                    .filter(|l| !l.sent)
+                    .map_or(u64::MAX, |l| l.start),
+            )
     }
 }
 
@@ -289,6 +354,14 @@ mod tests {
             .collect()
     }
 
+    /// The structured metadata of entry `i`.
+    fn meta(c: &Chunk, i: usize) -> Vec<(&'static str, String)> {
+        c.meta_of(&c.entries[i])
+            .iter()
+            .map(|(k, v)| (k.as_str(), c.meta_str(v).to_string()))
+            .collect()
+    }
+
     #[test]
     fn whole_lines_only_and_positions_stop_at_partials() {
         let mut t = tail();
@@ -313,13 +386,26 @@ mod tests {
     }
 
     #[test]
-    fn overlong_unterminated_data_is_sent_truncated_then_skipped() {
+    fn a_line_longer_than_a_read_is_gathered_and_cut_at_max_line_size() {
         let mut t = tail();
         let mut p = Processor::new(JsonLine::Raw, 1000);
         let mut c = Chunk::new(t.labels.clone());
-        t.consume(&[b'x'; 64], true, &mut p, &mut c);
-        assert_eq!(c.entries.len(), 1);
-        assert_eq!(t.read_offset, 64);
+        t.consume(&[b'x'; 600], true, &mut p, &mut c);
+        // Nothing yet, and the position stays at the line's start until it is whole.
+        assert!(c.entries.is_empty());
+        assert_eq!(t.read_offset, 600);
+        assert_eq!(c.advance.unwrap().as_file().unwrap().to, 0);
+        // Past max_line_size: what is kept is final, so it goes at once, cut and marked.
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume(&[b'x'; 600], true, &mut p, &mut c);
+        assert_eq!(lines(&c), ["x".repeat(1000).as_str()]);
+        let meta = meta(&c, 0);
+        assert_eq!(meta, [("truncated", "true".to_string())]);
+        assert_eq!(c.advance.unwrap().as_file().unwrap().to, 1200);
+        // The rest of it is skipped.
+        let mut c = Chunk::new(t.labels.clone());
+        t.consume(&[b'x'; 600], true, &mut p, &mut c);
+        assert!(c.entries.is_empty());
         let mut c2 = Chunk::new(t.labels.clone());
         t.consume(
             b"xxxx\n2024-11-25T10:00:00Z stdout F ok\n",
@@ -328,6 +414,25 @@ mod tests {
             &mut c2,
         );
         assert_eq!(lines(&c2), ["ok"]);
+        assert_eq!(c2.advance.unwrap().as_file().unwrap().to, 1800 + 5 + 33);
+    }
+
+    #[test]
+    fn a_long_line_within_max_line_size_is_sent_whole() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 1000);
+        let mut c = Chunk::new(t.labels.clone());
+        let mut rec = b"2024-11-25T10:00:00Z stdout F ".to_vec();
+        rec.extend_from_slice(&[b'w'; 500]);
+        t.consume(&rec, true, &mut p, &mut c);
+        assert!(c.entries.is_empty());
+        t.consume(b"www\n", false, &mut p, &mut c);
+        assert_eq!(lines(&c), ["w".repeat(503).as_str()]);
+        assert_eq!(
+            c.meta_of(&c.entries[0]).len(),
+            1,
+            "stream only, not truncated"
+        );
     }
 
     #[test]
@@ -359,20 +464,38 @@ mod tests {
     }
 
     #[test]
-    fn an_overlong_record_keeps_its_header() {
+    fn a_long_line_that_goes_quiet_is_sent_once_and_its_rest_skipped() {
         let mut t = tail();
         let mut p = Processor::new(JsonLine::Raw, 1000);
         let mut c = Chunk::new(t.labels.clone());
+        t.consume(&[b'z'; 300], true, &mut p, &mut c);
+        assert!(t.has_pending());
+        assert_eq!(t.flush_partials(&mut p, &mut c), 1);
+        assert_eq!(lines(&c), ["z".repeat(300).as_str()]);
+        assert!(!t.has_pending());
+        // Sent: the position may pass it.
+        assert_eq!(c.advance.unwrap().as_file().unwrap().to, 300);
+        let mut c2 = Chunk::new(t.labels.clone());
+        t.consume(
+            b"zzz rest\n2024-11-25T10:00:00Z stdout F next\n",
+            false,
+            &mut p,
+            &mut c2,
+        );
+        assert_eq!(lines(&c2), ["next"]);
+    }
+
+    #[test]
+    fn an_overlong_record_keeps_its_header() {
+        let mut t = tail();
+        let mut p = Processor::new(JsonLine::Raw, 100);
         let mut rec = b"2024-11-25T10:00:00Z stderr F ".to_vec();
-        rec.extend_from_slice(&[b'y'; 200]);
+        rec.extend_from_slice(&[b'y'; 300]);
+        let mut c = Chunk::new(t.labels.clone());
         t.consume(&rec, true, &mut p, &mut c);
         assert_eq!(c.entries[0].ts_ns, 1_732_528_800_000_000_000);
-        assert_eq!(lines(&c)[0], "y".repeat(200));
-        let meta: Vec<_> = c
-            .meta_of(&c.entries[0])
-            .iter()
-            .map(|(k, v)| (k.as_str(), c.meta_str(v).to_string()))
-            .collect();
+        assert_eq!(lines(&c)[0], "y".repeat(100));
+        let meta = meta(&c, 0);
         assert_eq!(
             meta,
             [
@@ -380,6 +503,9 @@ mod tests {
                 ("truncated", "true".to_string())
             ]
         );
+        let mut c2 = Chunk::new(t.labels.clone());
+        t.consume(b"yyyy\n", false, &mut p, &mut c2);
+        assert!(c2.entries.is_empty(), "the rest of it is skipped");
     }
 
     #[test]
@@ -402,11 +528,7 @@ mod tests {
             ]
         );
         assert_eq!(c.entries[0].ts_ns, 1_732_528_800_000_000_000);
-        let meta: Vec<_> = c
-            .meta_of(&c.entries[0])
-            .iter()
-            .map(|(k, v)| (k.as_str(), c.meta_str(v).to_string()))
-            .collect();
+        let meta = meta(&c, 0);
         assert_eq!(meta, [("level", "error".to_string())]);
         assert!(c.meta_of(&c.entries[1]).is_empty());
     }

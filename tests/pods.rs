@@ -5,78 +5,11 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// One scenario's world: a log tree, a data dir, a receiver, a metrics port.
-struct World {
-    dir: tempfile::TempDir,
-    rx: LokiReceiver,
-    port: u16,
-    runs: usize,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("pods")).expect("pods dir");
-        World {
-            dir,
-            rx: LokiReceiver::start(),
-            port: free_port(),
-            runs: 0,
-        }
-    }
-
-    fn pods(&self) -> PathBuf {
-        self.dir.path().join("pods")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn pod(&self, ns: &str, name: &str, uid: &str) -> PodDir {
-        PodDir::new(&self.pods(), ns, name, uid)
-    }
-
-    fn config(&self, extra: &str) -> String {
-        let mut c = pods_only_config(&self.data(), &self.pods(), &self.rx.url(), self.port);
-        c.push_str(extra);
-        c
-    }
-
-    /// The config with `keys` (YAML lines, indented as under `loki:`) added to the `loki` block.
-    fn config_with_loki(&self, keys: &str) -> String {
-        self.config("")
-            .replacen("loki:\n", &format!("loki:\n  {keys}"), 1)
-    }
-
-    /// Starts ringtail with `extra` top-level config (each run in its own folder for its
-    /// stdout/stderr) and waits for /ready.
-    fn start(&mut self, extra: &str) -> Ringtail {
-        let cfg = self.config(extra);
-        self.start_config(&cfg)
-    }
-
-    /// Starts ringtail with a whole config text and waits for /ready.
-    fn start_config(&mut self, cfg: &str) -> Ringtail {
-        self.runs += 1;
-        let run_dir = self.dir.path().join(format!("run{}", self.runs));
-        std::fs::create_dir_all(&run_dir).expect("run dir");
-        let mut rt = Ringtail::start(cfg, &run_dir);
-        assert!(
-            rt.wait_ready(self.port, Duration::from_secs(10)),
-            "not ready\n{}",
-            rt.logs()
-        );
-        rt
-    }
-}
 
 fn labels(ns: &str, pod: &str, container: &str) -> BTreeMap<String, String> {
     [

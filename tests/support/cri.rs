@@ -454,21 +454,12 @@ impl ContainerLog {
 
     /// Rotated files of the current `N.log` (`N.log.*`), sorted oldest first.
     pub fn rotated_files(&self) -> Vec<PathBuf> {
-        let prefix = format!("{}.log.", self.restart);
-        let mut out: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with(&prefix))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+        rotated_files_in(&self.dir, self.restart)
+    }
+
+    /// kubelet's `containerLogMaxFiles` (see [`set_max_files`](Self::set_max_files)).
+    pub fn max_files(&self) -> usize {
+        self.max_files
     }
 
     /// Every file in the container directory, sorted by name.
@@ -494,31 +485,7 @@ impl ContainerLog {
     /// already have a `.gz`, remove the oldest so that at most `max_files - 2` rotated files
     /// remain, and gzip every uncompressed one (`X` → `X.tmp` → rename to `X.gz`, remove `X`).
     pub fn compress_rotated(&mut self) {
-        let mut logs = Vec::new();
-        for p in self.rotated_files() {
-            let name = p.to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                let _ = fs::remove_file(&p);
-                continue;
-            }
-            if !name.ends_with(".gz") && Path::new(&format!("{name}.gz")).exists() {
-                let _ = fs::remove_file(&p);
-                continue;
-            }
-            logs.push(p);
-        }
-        logs.sort();
-        let keep = self.max_files.saturating_sub(2);
-        let excess = logs.len().saturating_sub(keep);
-        for p in logs.drain(..excess) {
-            fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
-        }
-        for p in logs {
-            if p.extension().is_some_and(|e| e == "gz") {
-                continue;
-            }
-            gzip_like_kubelet(&p);
-        }
+        compress_rotated_in(&self.dir, self.restart, self.max_files);
     }
 
     /// Renames `N.log` to `N.log.<YYYYMMDD-HHMMSS>` (unique, increasing). Until
@@ -592,6 +559,59 @@ impl ContainerLog {
             }
         }
     }
+}
+
+/// Rotated files of `<dir>/<restart>.log` (`N.log.*`), sorted oldest first.
+pub fn rotated_files_in(dir: &Path, restart: u32) -> Vec<PathBuf> {
+    let prefix = format!("{restart}.log.");
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// [`ContainerLog::compress_rotated`] on paths alone, for a "kubelet" that runs beside the
+/// writer without holding it (containerd never waits for kubelet's gzip). Returns the files it
+/// compressed (their names before compression).
+pub fn compress_rotated_in(dir: &Path, restart: u32, max_files: usize) -> Vec<PathBuf> {
+    let mut logs = Vec::new();
+    for p in rotated_files_in(dir, restart) {
+        let name = p.to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            let _ = fs::remove_file(&p);
+            continue;
+        }
+        if !name.ends_with(".gz") && Path::new(&format!("{name}.gz")).exists() {
+            let _ = fs::remove_file(&p);
+            continue;
+        }
+        logs.push(p);
+    }
+    logs.sort();
+    let keep = max_files.saturating_sub(2);
+    let excess = logs.len().saturating_sub(keep);
+    for p in logs.drain(..excess) {
+        fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+    }
+    let mut compressed = Vec::new();
+    for p in logs {
+        if p.extension().is_some_and(|e| e == "gz") {
+            continue;
+        }
+        gzip_like_kubelet(&p);
+        compressed.push(p);
+    }
+    compressed
 }
 
 fn open_append(path: &Path) -> File {

@@ -33,7 +33,12 @@ pub fn got(rx: &LokiReceiver) -> Vec<Expected> {
 /// Asserts the received entries are exactly `want` (as multisets), printing the difference:
 /// entries missing, and entries unexpected or received more often than expected.
 pub fn assert_exactly(rx: &LokiReceiver, want: &[Expected]) {
-    let got = got(rx);
+    assert_entries(got(rx), want);
+}
+
+/// [`assert_exactly`] on entries a test has already taken (and maybe normalised). Long lines are
+/// shown by their start and length.
+pub fn assert_entries(got: Vec<Expected>, want: &[Expected]) {
     let mut count: BTreeMap<&Expected, i64> = BTreeMap::new();
     for g in &got {
         *count.entry(g).or_default() += 1;
@@ -41,10 +46,12 @@ pub fn assert_exactly(rx: &LokiReceiver, want: &[Expected]) {
     for w in want {
         *count.entry(w).or_default() -= 1;
     }
-    let short = |e: &Expected, n: i64| -> String {
-        let mut s = format!("{n:+} × {e:?}");
-        s.truncate(400);
-        s
+    let short = |(labels, ts, line, meta): &Expected, n: i64| -> String {
+        let mut shown: String = format!("{line:?}").chars().take(120).collect();
+        if line.len() > 100 {
+            shown.push_str(&format!("… ({} bytes)", line.len()));
+        }
+        format!("{n:+} × {labels:?} ts={ts} {shown} {meta:?}")
     };
     let diff: Vec<String> = count
         .iter()

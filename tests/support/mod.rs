@@ -15,6 +15,9 @@
 //!   optimistic-concurrency writes) speaking the real wire format, for the kube-rs client.
 //! - [`monitoring`]: the rendered manifests' rules, PromQL metric names, and a ringtail that has
 //!   shipped something ([`ShippingRingtail`]), for the alert, dashboard and Prometheus tests.
+//! - [`world`]: [`World`], one scenario's log tree, data dir, receiver and metrics port.
+//! - [`numbered`]: numbered lines written at a target rate with kubelet rotating beside them, and
+//!   a checker that accounts for every number the receiver stored (the reliability suite).
 #![allow(dead_code)]
 
 pub mod cri;
@@ -23,15 +26,17 @@ pub mod http;
 pub mod journal;
 pub mod kubeapi;
 pub mod monitoring;
+pub mod numbered;
 pub mod proc;
 pub mod receiver;
+pub mod world;
 
 #[allow(unused_imports)]
 pub use cri::{
     format_rfc3339nano, parse_rfc3339nano, Clock, ContainerLog, PodDir, Stream, CRI_MAX_LINE,
 };
 #[allow(unused_imports)]
-pub use expect::{assert_exactly, got, map, stop, Expected};
+pub use expect::{assert_entries, assert_exactly, got, map, stop, Expected};
 #[allow(unused_imports)]
 pub use kubeapi::FakeKubeApi;
 #[allow(unused_imports)]
@@ -43,9 +48,11 @@ pub use proc::{
 };
 #[allow(unused_imports)]
 pub use receiver::{
-    encode_push, parse_labels, push_entry, push_stream, Limits, LokiReceiver, Received,
+    encode_push, parse_labels, push_entry, push_stream, EntrySink, Limits, LokiReceiver, Received,
     RequestRecord, DROP_CONNECTION, PUSH_PATH,
 };
+#[allow(unused_imports)]
+pub use world::World;
 
 use std::time::{Duration, Instant};
 

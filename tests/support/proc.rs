@@ -37,6 +37,23 @@ impl Ringtail {
 
     /// [`start`](Self::start) with extra environment variables (they override `NODE_NAME`).
     pub fn start_with_env(config_yaml: &str, dir: &Path, env: &[(&str, &str)]) -> Ringtail {
+        Ringtail::spawn(config_yaml, dir, env, None)
+    }
+
+    /// [`start`](Self::start) as user `uid` and group `gid`, without supplementary groups: the
+    /// tests run as root, which reads any file whatever its mode, so a permission that denies
+    /// needs an unprivileged ringtail. `dir` must be searchable by that user (it is the working
+    /// directory, and the config is read from it); stdout and stderr are opened by the test.
+    pub fn start_as(config_yaml: &str, dir: &Path, uid: u32, gid: u32) -> Ringtail {
+        Ringtail::spawn(config_yaml, dir, &[], Some((uid, gid)))
+    }
+
+    fn spawn(
+        config_yaml: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Ringtail {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let config_path = dir.join("ringtail.yaml");
         fs::write(&config_path, config_yaml)
@@ -69,6 +86,11 @@ impl Ringtail {
             .env("NODE_NAME", "test-node");
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            // std drops root's supplementary groups itself when it sets a uid from root.
+            cmd.uid(uid).gid(gid);
         }
         let child = cmd
             .spawn()

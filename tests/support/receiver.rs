@@ -162,7 +162,14 @@ struct State {
     last_activity: Instant,
     conns: HashMap<u64, TcpStream>,
     next_conn: u64,
+    /// Where stored entries go instead of `entries`, when set (see [`LokiReceiver::set_sink`]).
+    sink: Option<EntrySink>,
+    /// Entries handed to the sink.
+    sunk: usize,
 }
+
+/// Takes each stored entry, with the connection (0, 1, ...) it came on.
+pub type EntrySink = Box<dyn FnMut(Received, u64) + Send>;
 
 impl LokiReceiver {
     /// Listens on `127.0.0.1:0`.
@@ -188,6 +195,8 @@ impl LokiReceiver {
                 last_activity: Instant::now(),
                 conns: HashMap::new(),
                 next_conn: 0,
+                sink: None,
+                sunk: 0,
             }),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -252,6 +261,17 @@ impl LokiReceiver {
         self.state().limits.max_line_size = bytes;
     }
 
+    /// From now on, every stored entry is handed to `sink` (with the connection it came on)
+    /// instead of being kept: for runs that store more entries than memory holds. It is called
+    /// with the receiver's lock held, after the request's entries are decoded and before it is
+    /// answered, so it must be quick and must not call the receiver. [`entries`](Self::entries)
+    /// and [`lines`](Self::lines) then see only what was kept before;
+    /// [`entry_count`](Self::entry_count) and [`wait_for_entries`](Self::wait_for_entries)
+    /// count both.
+    pub fn set_sink(&self, sink: impl FnMut(Received, u64) + Send + 'static) {
+        self.state().sink = Some(Box::new(sink));
+    }
+
     // ---- what it saw ----
 
     /// Stored entries, in arrival order (request order, then stream and entry order).
@@ -261,7 +281,8 @@ impl LokiReceiver {
 
     /// Number of stored entries.
     pub fn entry_count(&self) -> usize {
-        self.state().entries.len()
+        let st = self.state();
+        st.entries.len() + st.sunk
     }
 
     /// Stored lines, in arrival order.
@@ -275,7 +296,7 @@ impl LokiReceiver {
 
     /// Waits until at least `n` entries are stored; false on timeout.
     pub fn wait_for_entries(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_for(timeout, |st| st.entries.len() >= n)
+        self.wait_for(timeout, |st| st.entries.len() + st.sunk >= n)
     }
 
     /// Waits until at least `n` requests have been answered (or dropped); false on timeout.
@@ -716,6 +737,7 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
         Ok(v) => (v.streams, v.entries.len()),
         Err(_) => (0, 0),
     };
+    let kept_before = st.entries.len();
     if let Ok(valid) = outcome {
         if (200..300).contains(&status) || (status == 400 && !valid.rejected.is_empty()) {
             for p in valid.entries {
@@ -728,6 +750,18 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
                     at: now,
                 });
             }
+        }
+    }
+    let State {
+        entries: kept,
+        sink,
+        sunk,
+        ..
+    } = &mut *st;
+    if let Some(sink) = sink {
+        for e in kept.drain(kept_before..) {
+            *sunk += 1;
+            sink(e, conn);
         }
     }
     st.requests.push(RequestRecord {

@@ -154,16 +154,6 @@ fn assert_alive(port: u16, rt: &mut Ringtail) {
     assert_eq!(healthy.status, 200, "{}", healthy.text());
 }
 
-/// A field of `/proc/<pid>/status` in KiB (`VmHWM`: the peak resident set).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
-}
-
 /// CPU seconds (user + system) `pid` has used.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");

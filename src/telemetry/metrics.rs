@@ -215,7 +215,7 @@ impl Metrics {
             );
             r.register(
                 "ringtail_bytes_lost",
-                "Bytes that could not be read, by reason",
+                "Bytes that could not be read, by reason (truncated: a lower bound, from the sizes seen before the cut)",
                 m.bytes_lost.clone(),
             );
             r.register(

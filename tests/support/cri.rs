@@ -529,14 +529,29 @@ impl ContainerLog {
     /// logrotate's `copytruncate`: copies `N.log` to `N.log.<suffix>`, then truncates it in
     /// place. Returns the copy's path.
     pub fn copytruncate(&mut self) -> PathBuf {
+        self.copy_then_truncate(".")
+    }
+
+    /// logrotate's `copytruncate` with `dateext` (`dateformat -%Y%m%d-%H%M%S`): copies `N.log`
+    /// to `N.log-<suffix>`, then truncates it in place. Unlike
+    /// [`copytruncate`](Self::copytruncate), whose `N.log.<suffix>` copy is named like a kubelet
+    /// rotation and so is read as one, a collector of kubelet logs does not read this copy: what
+    /// it had not read of `N.log` before the truncation is gone for it. Returns the copy's path.
+    pub fn copytruncate_dateext(&mut self) -> PathBuf {
+        self.copy_then_truncate("-")
+    }
+
+    fn copy_then_truncate(&mut self, sep: &str) -> PathBuf {
         let mut secs = unix_now_ns().div_euclid(NS_PER_SEC);
         if secs <= self.last_rotation_secs {
             secs = self.last_rotation_secs + 1;
         }
         self.last_rotation_secs = secs;
-        let copy = self
-            .dir
-            .join(format!("{}.log.{}", self.restart, rotation_suffix(secs)));
+        let copy = self.dir.join(format!(
+            "{}.log{sep}{}",
+            self.restart,
+            rotation_suffix(secs)
+        ));
         fs::copy(self.current_path(), &copy)
             .unwrap_or_else(|e| panic!("copy to {}: {e}", copy.display()));
         self.truncate();

@@ -43,8 +43,8 @@ pub use kubeapi::FakeKubeApi;
 pub use monitoring::ShippingRingtail;
 #[allow(unused_imports)]
 pub use proc::{
-    bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, try_metrics,
-    CliOutput, Ringtail,
+    bin_path, free_port, metric_sum, metric_value, metrics, pods_only_config, run_cli, status_kib,
+    try_metrics, CliOutput, Ringtail,
 };
 #[allow(unused_imports)]
 pub use receiver::{

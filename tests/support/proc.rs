@@ -396,3 +396,13 @@ logs:
         pods = q(&pods_path.to_string_lossy()),
     )
 }
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM`: the peak resident set).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+}

@@ -252,6 +252,15 @@ impl LokiReceiver {
         self.state().delay = delay;
     }
 
+    /// [`set_delay`](Self::set_delay), returning how many requests were recorded before it:
+    /// exactly those (seq below the number) are answered after the old delay, and every later
+    /// one after the new, since a request reads the delay under the lock that records it.
+    pub fn set_delay_counting(&self, delay: Duration) -> usize {
+        let mut st = self.state();
+        st.delay = delay;
+        st.requests.len()
+    }
+
     pub fn set_limits(&self, limits: Limits) {
         self.state().limits = limits;
     }

@@ -315,6 +315,8 @@ impl Tailer {
     fn check_truncated(&mut self, fi: usize) -> bool {
         let t = &mut self.files[fi];
         if t.size_seen() >= t.read_offset {
+            let seen = t.size_seen();
+            t.note_size(seen);
             return false;
         }
         let size = match &t.file {
@@ -331,8 +333,8 @@ impl Tailer {
         METRICS.file_event("truncated");
         METRICS.lost("truncated", lost);
         log::warn!(
-            "{}: {} was truncated to {size} bytes; reading it again from the start ({lost} bytes \
-             written before the truncation could not be read)",
+            "{}: {} was truncated to {size} bytes; reading it again from the start (at least \
+             {lost} bytes written before the truncation could not be read)",
             self.name,
             t.path.display()
         );

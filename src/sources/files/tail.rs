@@ -87,6 +87,9 @@ pub struct Tail {
     /// trace, a continued value) takes it. The read time would put it far after its
     /// neighbours, and Loki would then reject the rest of a backlog as too far behind.
     last_ts: Option<i64>,
+    /// The largest size the file was seen to have since it was last cut: what a truncation
+    /// loses is measured from it.
+    max_size: u64,
     /// When to read next; pushed back while the file is at its end.
     pub next_check: Instant,
     pub idle_rounds: u32,
@@ -117,6 +120,7 @@ impl Tail {
             restart: false,
             partials: Partials::default(),
             long: None,
+            max_size: 0,
             size_hint,
             errors: 0,
             last_ts: None,
@@ -218,10 +222,17 @@ impl Tail {
         }
     }
 
+    /// Records a size the file was seen to have (discovery's scan, or the end of a read).
+    pub fn note_size(&mut self, size: u64) {
+        self.max_size = self.max_size.max(size);
+    }
+
     /// The file shrank below what was read: copytruncate or a rewrite. Start again at 0.
-    /// Returns the bytes between the new size and the old offset that can no longer be read.
+    /// Returns the bytes it was seen to hold past the read offset before it was cut: lost, at
+    /// least (it may have grown more between the last look and the cut).
     pub fn truncated(&mut self, new_size: u64) -> u64 {
-        let lost = self.read_offset.saturating_sub(new_size);
+        let lost = self.max_size.saturating_sub(self.read_offset);
+        self.max_size = new_size;
         self.read_offset = 0;
         self.restart = true;
         self.partials.clear();
@@ -280,6 +291,7 @@ impl Tail {
             }
         }
         self.read_offset = base + pos as u64;
+        self.note_size(base + buf.len() as u64);
         self.partials.shrink(256 << 10);
         self.set_advance(chunk, AdvanceKind::Continue);
     }
@@ -544,7 +556,18 @@ mod tests {
             &mut p,
             &mut c,
         );
-        assert_eq!(t.truncated(10), 24);
+        // Everything it saw was read: nothing known lost. Had it seen the file at 50 bytes, the
+        // 16 past what it read would be.
+        assert_eq!(t.truncated(10), 0);
+        let mut c0 = Chunk::new(t.labels.clone());
+        t.consume(
+            b"2024-11-25T10:00:00Z stdout F one\n",
+            false,
+            &mut p,
+            &mut c0,
+        );
+        t.note_size(50);
+        assert_eq!(t.truncated(10), 16);
         let mut c2 = Chunk::new(t.labels.clone());
         t.consume(
             b"2024-11-25T10:00:00Z stdout F new\n",

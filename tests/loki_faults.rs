@@ -1,0 +1,465 @@
+//! Loki misbehaving (issue scenario 6): a 429 storm, and a Loki that takes 2 s per request.
+//! Numbered lines are written throughout; every one must arrive exactly once (contract §2: a 429
+//! stores nothing and is retried, a slow answer is waited for), the retry schedule must be the
+//! jittered exponential backoff of src/sink/retry.rs, and the `loki_write_*` and `ringtail_*`
+//! metrics (contract §4) must agree with what the receiver saw.
+//!
+//! The two scenarios take turns: both time things (backoff gaps, a throughput ceiling) that a
+//! second ringtail on the same two cores would blur.
+
+mod support;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::numbered::{Checker, GenConfig, GenReport, Generator, MIN_LINE};
+use support::*;
+
+/// `loki.retry` of the test config (asserted in [`Bench::new`]): the backoff's `d` starts here…
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// …and doubles up to here.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// `loki.batch.max_bytes` of the test config: the most line bytes one request carries.
+const BATCH_MAX_BYTES: u64 = 1 << 20;
+/// What a gap between two attempts may add to the wait ringtail chose: the 429 travelling
+/// back, the next request (the same ~1 MiB body) going out, and the receiver decoding it before
+/// it stamps `at` (a debug build, beside ringtail and the writer on two cores). Measured: 25 to
+/// 50 ms (the gaps at the cap, where the wait is exactly 1 s, show it).
+const GAP_SLACK: Duration = Duration::from_millis(200);
+/// The write rate: four times what the slow Loki can take (one 1 MiB batch per 2 s), well
+/// under what a debug ringtail ships to a prompt one (> 5 MB/s).
+const RATE: u64 = 2_000_000;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A world whose receiver feeds a checker, one ringtail on it, and a writer into its log tree.
+struct Bench {
+    w: World,
+    checker: Arc<Mutex<Checker>>,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let w = World::new();
+        let cfg = w.config("");
+        assert!(
+            cfg.contains("batch: { max_bytes: 1MiB,")
+                && cfg.contains("retry: { min_backoff: 100ms, max_backoff: 1s, max_retries: 0 }")
+                && cfg.contains("timeout: 5s"),
+            "the constants above must follow the test config:\n{cfg}"
+        );
+        let checker = Checker::attach(&w.rx, 2);
+        Bench { w, checker }
+    }
+
+    fn checker(&self) -> MutexGuard<'_, Checker> {
+        self.checker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&mut self) -> Ringtail {
+        let next_conn = self.w.rx.connections();
+        self.checker().run_starting(next_conn);
+        self.w.start("")
+    }
+
+    /// Two containers at [`RATE`], never rotated: these scenarios are about Loki, and a rotated
+    /// file compressed while ringtail is held back would be a loss by design (contract §2).
+    fn write(&self) -> Generator {
+        Generator::start(
+            &self.w.pods(),
+            GenConfig {
+                containers: 2,
+                bytes_per_sec: RATE,
+                max_size: 1 << 30,
+                monitor: Duration::from_secs(10),
+                max_files: 5,
+            },
+        )
+    }
+
+    /// Waits until every line written has arrived and the receiver has been quiet for a
+    /// second; false after `timeout`.
+    fn wait_all(&self, report: &GenReport, timeout: Duration) -> bool {
+        wait_until(timeout, || self.checker().distinct() >= report.lines)
+            && self.w.rx.wait_quiet(Duration::from_secs(1))
+    }
+
+    /// Every line of `report` arrived exactly once, as written; and ringtail counts exactly
+    /// those as sent, and nothing as dropped.
+    fn assert_exactly_once(&self, report: &GenReport, m: &str, rt: &Ringtail) {
+        let ch = self.checker();
+        let missing = ch.missing_ranges(report.lines);
+        let ctx = || {
+            format!(
+                "{} lines written ({:.1} MB/s); stored {}, distinct {}, duplicates {}, past the \
+                 end {}; missing {:?}; unknown {:?}; wrong {:?}; bad duplicates {:?}\n{}\n{}",
+                report.lines,
+                report.mb_per_sec(),
+                ch.stored(),
+                ch.distinct(),
+                ch.duplicates(),
+                ch.beyond(report.lines),
+                &missing[..missing.len().min(10)],
+                ch.unknown(),
+                ch.wrong(),
+                ch.bad_duplicates(),
+                self.w.rx.summary(),
+                rt.logs()
+            )
+        };
+        assert_eq!(ch.distinct(), report.lines, "{}", ctx());
+        assert_eq!(ch.stored(), report.lines, "{}", ctx());
+        assert_eq!(ch.beyond(report.lines), 0, "{}", ctx());
+        assert_eq!(ch.unknown().0, 0, "{}", ctx());
+        assert_eq!(ch.wrong().0, 0, "{}", ctx());
+        let host = format!("127.0.0.1:{}", self.w.rx.port());
+        let labels = format!("{{host=\"{host}\",tenant=\"\"}}");
+        assert_eq!(
+            metric_value(m, &format!("loki_write_sent_entries_total{labels}")),
+            Some(report.lines as f64),
+            "{m}"
+        );
+        assert_eq!(
+            metric_sum(m, "loki_write_dropped_entries_total"),
+            0.0,
+            "{m}"
+        );
+        assert_eq!(metric_sum(m, "loki_write_dropped_bytes_total"), 0.0, "{m}");
+    }
+}
+
+/// A series of `loki_write_request_duration_seconds` for the answers with `status`.
+fn duration_series(rx: &LokiReceiver, suffix: &str, status: u16, le: Option<&str>) -> String {
+    let le = le.map(|l| format!("le=\"{l}\",")).unwrap_or_default();
+    format!(
+        "loki_write_request_duration_seconds_{suffix}{{{le}status_code=\"{status}\",host=\"127.0.0.1:{}\",tenant=\"\"}}",
+        rx.port()
+    )
+}
+
+fn retries_series(rx: &LokiReceiver) -> String {
+    format!(
+        "loki_write_batch_retries_total{{host=\"127.0.0.1:{}\",tenant=\"\"}}",
+        rx.port()
+    )
+}
+
+/// One attempt that got a 429, and the attempt after it (same batch, resent).
+struct Gap {
+    /// 1 for the first retry of a batch, 2 for the second, ...
+    retry: u32,
+    gap: Duration,
+}
+
+/// The 429 answers of the log, as runs: each run is one batch tried again and again (one
+/// request is in flight at a time, and a batch is retried until stored), so the k-th 429 of a
+/// run is followed by the batch's k-th retry. Panics if a run's attempts are not one batch.
+fn retry_runs(log: &[RequestRecord]) -> Vec<Vec<Gap>> {
+    let mut runs: Vec<Vec<Gap>> = Vec::new();
+    let mut open = false;
+    for (i, r) in log.iter().enumerate() {
+        if r.status != 429 {
+            open = false;
+            continue;
+        }
+        let next = log
+            .get(i + 1)
+            .unwrap_or_else(|| panic!("request #{} got 429 and was never tried again", r.seq));
+        assert!(
+            next.body_len == r.body_len && next.entries == r.entries,
+            "request #{} ({} entries, {} bytes) after a 429 to #{} ({} entries, {} bytes) is not \
+             the same batch again",
+            next.seq,
+            next.entries,
+            next.body_len,
+            r.seq,
+            r.entries,
+            r.body_len
+        );
+        if !open {
+            runs.push(Vec::new());
+            open = true;
+        }
+        let run = runs.last_mut().expect("run");
+        run.push(Gap {
+            retry: run.len() as u32 + 1,
+            gap: next.at.duration_since(r.at),
+        });
+    }
+    runs
+}
+
+/// The wait before retry `k` (1-based), per src/sink/retry.rs: with `d_1 = min_backoff` and
+/// `d_{k+1} = min(2·d_k, max_backoff)`, the wait is `clamp(d_k + U·d_k, min_backoff,
+/// max_backoff)` with `U` uniform in [0, 1). So it lies in `[d_k, min(2·d_k, max_backoff)]`:
+/// 100–200 ms, 200–400, 400–800, 800–1000 (1000 exactly three times in four), then exactly
+/// 1000 ms from the fifth retry on (`d` has reached the cap, and the clamp leaves no jitter).
+fn wait_bounds(k: u32) -> (Duration, Duration) {
+    let d = MIN_BACKOFF
+        .saturating_mul(1 << (k - 1).min(20))
+        .min(MAX_BACKOFF);
+    (d, (d * 2).min(MAX_BACKOFF))
+}
+
+/// A 429 storm: first six batches answered 429, 429, 204 (many short retry runs, to see the
+/// jitter of the first two waits), then every request answered 429 for 5 s (one long run, up
+/// to the cap). Lines are written at 2 MB/s throughout.
+#[test]
+fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
+    let _serial = serial();
+    let t0 = Instant::now();
+    let mut b = Bench::new();
+    let mut rt = b.start();
+    let gen = b.write();
+    thread::sleep(Duration::from_secs(1));
+
+    const SHORT_RUNS: usize = 6;
+    let before = b.w.rx.requests();
+    b.w.rx.set_responses([429, 429, 204].repeat(SHORT_RUNS));
+    assert!(
+        wait_until(Duration::from_secs(20), || b.w.rx.requests()
+            > before + 3 * SHORT_RUNS),
+        "the programmed answers were not all used\n{}\n{}",
+        b.w.rx.summary(),
+        rt.logs()
+    );
+    const STORM: Duration = Duration::from_secs(5);
+    b.w.rx.fail_for(STORM, 429);
+    thread::sleep(STORM);
+    // The batch retried through the storm gets through at its next attempt, within a second.
+    let storm_end = b.w.rx.requests();
+    assert!(
+        wait_until(Duration::from_secs(3), || b.w.rx.requests() > storm_end),
+        "no request after the storm\n{}",
+        rt.logs()
+    );
+    thread::sleep(Duration::from_secs(1));
+    let report = gen.stop();
+    assert!(
+        b.wait_all(&report, Duration::from_secs(60)),
+        "not every line arrived after the storm"
+    );
+
+    let m = metrics(b.w.port);
+    b.assert_exactly_once(&report, &m, &rt);
+
+    let rx = &b.w.rx;
+    let counts = rx.status_counts();
+    let (n429, n204) = (rx.count_status(429), rx.count_status(204));
+    assert_eq!(
+        n429 + n204,
+        rx.requests(),
+        "only 204 and 429 were programmed: {counts:?}"
+    );
+    // Every 429 is one retry, and one timed request; every 204 one timed request.
+    assert_eq!(
+        metric_value(&m, &retries_series(rx)),
+        Some(n429 as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, &duration_series(rx, "count", 429, None)),
+        Some(n429 as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, &duration_series(rx, "count", 204, None)),
+        Some(n204 as f64),
+        "{m}"
+    );
+
+    let log = rx.log();
+    let runs = retry_runs(&log);
+    let lens: Vec<usize> = runs.iter().map(Vec::len).collect();
+    eprintln!("429 storm: statuses {counts:?}, runs of 429 {lens:?}");
+    for (i, run) in runs.iter().enumerate() {
+        let gaps: Vec<String> = run
+            .iter()
+            .map(|g| format!("{}:{}ms", g.retry, g.gap.as_millis()))
+            .collect();
+        eprintln!("  run {i}: {}", gaps.join(" "));
+    }
+    assert_eq!(lens.len(), SHORT_RUNS + 1, "{}", rx.summary());
+    assert!(lens[..SHORT_RUNS].iter().all(|&n| n == 2), "{lens:?}");
+    // 5 s of 429s take at least five attempts: the waits before them add up to at most
+    // 200 + 400 + 800 + 1000 ms plus four slacks, under 4 s.
+    assert!(lens[SHORT_RUNS] >= 5, "{lens:?}");
+    assert_eq!(lens.iter().sum::<usize>(), n429);
+
+    // The gaps follow the schedule: at least the wait ringtail chose (the next request is
+    // stamped after it arrives and is decoded), at most the longest wait plus the slack.
+    let mut uncapped = Vec::new();
+    for g in runs.iter().flatten() {
+        let (lo, hi) = wait_bounds(g.retry);
+        assert!(
+            g.gap >= lo && g.gap <= hi + GAP_SLACK,
+            "retry {}: {:?} between attempts, want {lo:?}..={:?}",
+            g.retry,
+            g.gap,
+            hi + GAP_SLACK
+        );
+        if hi < MAX_BACKOFF {
+            uncapped.push(g.gap.as_secs_f64() / lo.as_secs_f64() - 1.0);
+        }
+    }
+    // Jitter: below the cap each wait is d·(1 + U), so the gaps divided by d are spread over
+    // [1, 2) rather than all equal. 15 draws spread over less than a quarter of that range:
+    // less than 1 in 10^7.
+    assert_eq!(uncapped.len(), 2 * SHORT_RUNS + 3);
+    let lo = uncapped.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = uncapped.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    eprintln!(
+        "  jitter: gaps / d - 1 over the uncapped retries: {:?}",
+        uncapped
+            .iter()
+            .map(|u| (u * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    assert!(hi - lo > 0.25, "no jitter: {uncapped:?}");
+    // The storm's run reached the cap: its fifth and later gaps are the 1 s wait plus slack.
+    let capped: Vec<Duration> = runs[SHORT_RUNS][4..].iter().map(|g| g.gap).collect();
+    assert!(!capped.is_empty());
+    assert!(capped.iter().all(|&g| g >= MAX_BACKOFF), "{capped:?}");
+
+    rt.sigterm();
+    assert!(
+        rt.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        rt.logs()
+    );
+    eprintln!(
+        "429 storm: {} lines ({:.1} MB at {:.1} MB/s), {n429} × 429, {n204} × 204, {:.1?} in all",
+        report.lines,
+        report.bytes as f64 / 1e6,
+        report.mb_per_sec(),
+        t0.elapsed()
+    );
+}
+
+/// Loki answers every request after 2 s, while lines are written at four times what that
+/// carries: the requests are waited for (5 s timeout), never retried, and the readers stop
+/// reading instead of buffering (bounded RSS, the ring full, the lag on disk). Then Loki is
+/// prompt again and everything drains.
+#[test]
+fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
+    let _serial = serial();
+    let t0 = Instant::now();
+    let mut b = Bench::new();
+    const DELAY: Duration = Duration::from_secs(2);
+    b.w.rx.set_delay(DELAY);
+    let mut rt = b.start();
+    let gen = b.write();
+    let rtm = b.w.port;
+
+    // Sample the lag while the writer runs: it must grow, the files on disk holding it.
+    let mut max_lag = 0.0f64;
+    let write_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < write_until {
+        thread::sleep(Duration::from_millis(250));
+        let m = metrics(rtm);
+        if let Some(lag) = metric_value(&m, "ringtail_read_lag_bytes{source=\"pods\"}") {
+            max_lag = max_lag.max(lag);
+        }
+    }
+    let report = gen.stop();
+    let slow = metrics(rtm);
+    let ring_full = metric_value(&slow, "ringtail_ring_full_seconds_total").unwrap_or(-1.0);
+    let peak_kib = status_kib(rt.pid(), "VmHWM");
+    let stored_slow = b.checker().stored();
+    eprintln!(
+        "slow Loki: {} lines ({:.1} MB) written in {:.1?}; {} stored by then; read lag up to \
+         {:.1} MB; ring full {ring_full:.1} s; VmHWM {peak_kib} KiB",
+        report.lines,
+        report.bytes as f64 / 1e6,
+        report.elapsed,
+        stored_slow,
+        max_lag / 1e6,
+    );
+
+    let delayed = b.w.rx.set_delay_counting(Duration::ZERO);
+    let drain = Instant::now();
+    assert!(
+        b.wait_all(&report, Duration::from_secs(60)),
+        "not every line arrived once Loki was prompt again\n{}",
+        rt.logs()
+    );
+    // Committed to the end of every file: the lag gauge (updated at discovery's scans) is 0.
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_value(
+            &metrics(rtm),
+            "ringtail_read_lag_bytes{source=\"pods\"}"
+        ) == Some(0.0)),
+        "read lag not back to 0:\n{}",
+        metrics(rtm)
+    );
+    let drained = drain.elapsed();
+
+    let m = metrics(rtm);
+    b.assert_exactly_once(&report, &m, &rt);
+
+    let rx = &b.w.rx;
+    let n = rx.requests();
+    assert_eq!(
+        rx.count_status(204),
+        n,
+        "only 204 was programmed: {:?}",
+        rx.status_counts()
+    );
+    assert_eq!(metric_value(&m, &retries_series(rx)), Some(0.0), "{m}");
+    assert_eq!(
+        metric_value(&m, &duration_series(rx, "count", 204, None)),
+        Some(n as f64),
+        "{m}"
+    );
+    // The requests answered after 2 s took more than 1 s, the prompt ones less: the
+    // histogram's 1 s bucket holds exactly the latter.
+    assert_eq!(
+        metric_value(&m, &duration_series(rx, "bucket", 204, Some("1.0"))),
+        Some((n - delayed) as f64),
+        "{delayed} of {n} requests were delayed\n{m}"
+    );
+    // One request per 2 s while the writer ran for 6 s: three (the first leaves about half a
+    // second after the start; two or four if it was much later or sooner).
+    assert!(
+        (2..=4).contains(&delayed),
+        "{delayed} requests during the slow phase"
+    );
+    // No request carried more than one batch: the backlog waited on disk, not in a request.
+    let most = rx.log().iter().map(|r| r.entries).max().unwrap_or(0);
+    assert!(
+        most as u64 <= BATCH_MAX_BYTES / MIN_LINE as u64,
+        "a request of {most} entries\n{}",
+        rx.summary()
+    );
+    assert!(
+        max_lag > 4e6,
+        "read lag at most {max_lag} bytes: 12 MB written, and at most {delayed} requests of \
+         at most 1 MiB of lines answered (or under way) by then"
+    );
+    assert!(
+        ring_full > 0.0,
+        "ringtail_ring_full_seconds_total {ring_full}"
+    );
+    assert!(
+        peak_kib < 100 << 10,
+        "VmHWM {peak_kib} KiB: the backlog is buffered in memory"
+    );
+
+    rt.sigterm();
+    assert!(
+        rt.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        rt.logs()
+    );
+    eprintln!(
+        "slow Loki: {n} requests, {delayed} delayed; drained in {drained:.1?}; {:.1?} in all",
+        t0.elapsed()
+    );
+}

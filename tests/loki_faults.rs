@@ -9,11 +9,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::numbered::{Checker, GenConfig, GenReport, Generator, MIN_LINE};
+use support::numbered::{Bench, GenConfig, GenReport, Generator, MIN_LINE};
 use support::*;
 
 /// `loki.retry` of the test config (asserted in [`Bench::new`]): the backoff's `d` starts here…
@@ -37,36 +37,18 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A world whose receiver feeds a checker, one ringtail on it, and a writer into its log tree.
-struct Bench {
-    w: World,
-    checker: Arc<Mutex<Checker>>,
+/// Two numbered containers, and the retry timings the backoff bounds below assume.
+fn bench() -> Bench {
+    let b = Bench::new(2);
+    let cfg = b.w.config("");
+    assert!(
+        cfg.contains("retry: { min_backoff: 100ms, max_backoff: 1s, max_retries: 0 }"),
+        "the constants above must follow the test config:\n{cfg}"
+    );
+    b
 }
 
 impl Bench {
-    fn new() -> Bench {
-        let w = World::new();
-        let cfg = w.config("");
-        assert!(
-            cfg.contains("batch: { max_bytes: 1MiB,")
-                && cfg.contains("retry: { min_backoff: 100ms, max_backoff: 1s, max_retries: 0 }")
-                && cfg.contains("timeout: 5s"),
-            "the constants above must follow the test config:\n{cfg}"
-        );
-        let checker = Checker::attach(&w.rx, 2);
-        Bench { w, checker }
-    }
-
-    fn checker(&self) -> MutexGuard<'_, Checker> {
-        self.checker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn start(&mut self) -> Ringtail {
-        let next_conn = self.w.rx.connections();
-        self.checker().run_starting(next_conn);
-        self.w.start("")
-    }
-
     /// Two containers at [`RATE`], never rotated: these scenarios are about Loki, and a rotated
     /// file compressed while ringtail is held back would be a loss by design (contract §2).
     fn write(&self) -> Generator {
@@ -213,7 +195,7 @@ fn wait_bounds(k: u32) -> (Duration, Duration) {
 fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
     let _serial = serial();
     let t0 = Instant::now();
-    let mut b = Bench::new();
+    let mut b = bench();
     let mut rt = b.start();
     let gen = b.write();
     thread::sleep(Duration::from_secs(1));
@@ -350,7 +332,7 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
 fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
     let _serial = serial();
     let t0 = Instant::now();
-    let mut b = Bench::new();
+    let mut b = bench();
     const DELAY: Duration = Duration::from_secs(2);
     b.w.rx.set_delay(DELAY);
     let mut rt = b.start();

@@ -10,10 +10,12 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::numbered::{container_name, Checker, GenConfig, GenReport, Generator, MIN_LINE};
+use support::numbered::{
+    container_name, Bench, Checker, GenConfig, GenReport, Generator, MIN_LINE,
+};
 use support::*;
 
 /// How often ringtail writes the acked positions (`SAVE_EVERY` in src/run.rs): a crash re-sends
@@ -88,36 +90,7 @@ fn drain_timeout(report: &GenReport) -> Duration {
     Duration::from_secs(60) + Duration::from_secs_f64(report.bytes as f64 / 5e6)
 }
 
-/// A world whose receiver feeds a checker, and the ringtail runs on it.
-struct Bench {
-    w: World,
-    checker: Arc<Mutex<Checker>>,
-}
-
 impl Bench {
-    fn new(containers: usize) -> Bench {
-        let w = World::new();
-        assert!(
-            w.config("").contains("batch: { max_bytes: 1MiB,"),
-            "BATCH_MAX_BYTES must follow the test config:\n{}",
-            w.config("")
-        );
-        assert!(w.config("").contains("timeout: 5s"));
-        let checker = Checker::attach(&w.rx, containers);
-        Bench { w, checker }
-    }
-
-    fn checker(&self) -> MutexGuard<'_, Checker> {
-        self.checker.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts ringtail on the same data dir as every run before, and waits for /ready.
-    fn start(&mut self) -> Ringtail {
-        let next_conn = self.w.rx.connections();
-        self.checker().run_starting(next_conn);
-        self.w.start("")
-    }
-
     /// kill -9: nothing flushed, nothing committed.
     fn crash(&self, rt: &mut Ringtail) {
         rt.kill9();

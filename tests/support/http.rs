@@ -3,9 +3,12 @@
 //! Enough for tests: `Content-Length` and chunked bodies, keep-alive connections, interim `100`
 //! responses skipped. No TLS, no redirects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 /// Longest request/status line or header line accepted.
@@ -293,4 +296,105 @@ pub fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The accept side of a test server (the fake Loki, the fake kube API): a thread that takes
+/// connections and serves each on a thread of its own, numbered 0, 1, ... in accept order, and
+/// keeps a handle on every open one, so that dropping it stops accepting and cuts them all.
+pub struct Accepting {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Conns>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: HashMap<u64, TcpStream>,
+}
+
+fn lock(conns: &Mutex<Conns>) -> MutexGuard<'_, Conns> {
+    conns.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Accepting {
+    /// Accepts on `listener` until dropped; `serve(stream, id)` runs on the connection's thread.
+    pub fn start(
+        listener: TcpListener,
+        name: &str,
+        serve: impl Fn(TcpStream, u64) + Send + Sync + 'static,
+    ) -> Accepting {
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Conns>> = Arc::default();
+        let serve = Arc::new(serve);
+        let (st, cs, conn_name) = (stop.clone(), conns.clone(), name.to_string());
+        let thread = thread::Builder::new()
+            .name(format!("{name}-accept-{}", addr.port()))
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if st.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let stream = match conn {
+                        Ok(s) => s,
+                        Err(_) => {
+                            thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let id = {
+                        let mut c = lock(&cs);
+                        let id = c.next;
+                        c.next += 1;
+                        if let Ok(clone) = stream.try_clone() {
+                            c.open.insert(id, clone);
+                        }
+                        id
+                    };
+                    let (serve, done) = (serve.clone(), cs.clone());
+                    let spawned = thread::Builder::new()
+                        .name(format!("{conn_name}-conn-{id}"))
+                        .spawn(move || {
+                            serve(stream, id);
+                            lock(&done).open.remove(&id);
+                        });
+                    if spawned.is_err() {
+                        lock(&cs).open.remove(&id);
+                    }
+                }
+            })
+            .expect("spawn accept thread");
+        Accepting {
+            addr,
+            stop,
+            conns,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        lock(&self.conns).next
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+        for conn in lock(&self.conns).open.values() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
 }

@@ -32,14 +32,13 @@
 //! - The test-facing writes ([`FakeKubeApi::put_pod`], ...) always make a new revision, even
 //!   when nothing changed; HTTP writes that change nothing keep the revision, as etcd does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -47,6 +46,7 @@ use serde_json::{json, Value};
 use super::cri::format_rfc3339nano;
 use super::http::{
     content_length, is_chunked, read_chunked, read_exact_vec, read_head_line, read_headers,
+    Accepting,
 };
 
 /// Time between BOOKMARK events on a watch that allows them.
@@ -64,9 +64,8 @@ const MAX_BODY: usize = 3 << 20;
 /// The fake API server. Dropping it closes the listener, ends the watch streams and closes
 /// every connection.
 pub struct FakeKubeApi {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    accepting: Accepting,
 }
 
 impl FakeKubeApi {
@@ -74,31 +73,25 @@ impl FakeKubeApi {
     pub fn start() -> FakeKubeApi {
         let listener = TcpListener::bind("127.0.0.1:0")
             .unwrap_or_else(|e| panic!("FakeKubeApi: bind 127.0.0.1:0: {e}"));
-        let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
         });
         let sh = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name(format!("kubeapi-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, sh))
-            .expect("spawn accept thread");
-        FakeKubeApi {
-            addr,
-            shared,
-            accept: Some(accept),
-        }
+        let accepting = Accepting::start(listener, "kubeapi", move |stream, _| {
+            serve_conn(&sh, stream)
+        });
+        FakeKubeApi { shared, accepting }
     }
 
     /// `http://127.0.0.1:PORT`, the kubeconfig's `server`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.accepting.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.accepting.addr()
     }
 
     /// Writes a kubeconfig whose current context reaches this server as a user with the bearer
@@ -319,17 +312,10 @@ impl FakeKubeApi {
 
 impl Drop for FakeKubeApi {
     fn drop(&mut self) {
+        // Watch streams end on this; `accepting` then stops accepting and cuts every
+        // connection when it is dropped.
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.cond.notify_all();
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        let st = self.state();
-        for conn in st.conns.values() {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
     }
 }
 
@@ -538,8 +524,6 @@ struct State {
     down: bool,
     /// Bumped to end every open watch stream.
     watch_epoch: u64,
-    conns: HashMap<u64, TcpStream>,
-    next_conn: u64,
 }
 
 impl State {
@@ -618,41 +602,6 @@ impl State {
 }
 
 // ---- HTTP ----
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let id = {
-            let mut st = shared.lock();
-            let id = st.next_conn;
-            st.next_conn += 1;
-            if let Ok(clone) = stream.try_clone() {
-                st.conns.insert(id, clone);
-            }
-            id
-        };
-        let sh = Arc::clone(&shared);
-        let spawned = thread::Builder::new()
-            .name(format!("kubeapi-conn-{id}"))
-            .spawn(move || {
-                serve_conn(&sh, stream);
-                sh.lock().conns.remove(&id);
-            });
-        if spawned.is_err() {
-            shared.lock().conns.remove(&id);
-        }
-    }
-}
 
 /// A request as read off the wire.
 struct Request {

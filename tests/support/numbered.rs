@@ -18,7 +18,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::cri::{compress_rotated_in, format_rfc3339nano, Clock, ContainerLog, PodDir, Stream};
+use super::proc::Ringtail;
 use super::receiver::{LokiReceiver, Received};
+use super::world::World;
 
 /// The pod the generator writes to: `<root>/rel_numbered_u-numbered/c<i>/0.log`.
 pub const NAMESPACE: &str = "rel";
@@ -879,5 +881,38 @@ impl Checker {
 fn sample(v: &mut Vec<String>, s: String) {
     if v.len() < SAMPLES {
         v.push(s);
+    }
+}
+
+/// A world whose receiver feeds a [`Checker`], and the ringtail runs on it. The scenarios add
+/// their own steps (crashes, writers) in their files.
+pub struct Bench {
+    pub w: World,
+    pub checker: Arc<Mutex<Checker>>,
+}
+
+impl Bench {
+    /// For `containers` numbered containers. The bounds the scenarios derive assume the test
+    /// config's 1 MiB batches and 5 s Loki timeout: checked here.
+    pub fn new(containers: usize) -> Bench {
+        let w = World::new();
+        let cfg = w.config("");
+        assert!(
+            cfg.contains("batch: { max_bytes: 1MiB,") && cfg.contains("timeout: 5s"),
+            "the scenarios' bounds must follow the test config:\n{cfg}"
+        );
+        let checker = Checker::attach(&w.rx, containers);
+        Bench { w, checker }
+    }
+
+    pub fn checker(&self) -> MutexGuard<'_, Checker> {
+        self.checker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts ringtail on the same data dir as every run before, and waits for /ready.
+    pub fn start(&mut self) -> Ringtail {
+        let next_conn = self.w.rx.connections();
+        self.checker().run_starting(next_conn);
+        self.w.start("")
     }
 }

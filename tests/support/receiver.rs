@@ -15,13 +15,12 @@
 //!   `Content-Encoding` must be absent or `snappy`.
 //! - A validation failure answers 400 without consuming a programmed status.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -30,7 +29,9 @@ use ringtail::sink::proto::{
 };
 
 use super::cri::format_rfc3339nano;
-use super::http::{content_length, is_chunked, read_chunked, read_exact_vec, read_head_line};
+use super::http::{
+    content_length, is_chunked, read_chunked, read_exact_vec, read_head_line, Accepting,
+};
 
 /// The push path.
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
@@ -139,15 +140,13 @@ impl Default for Limits {
 
 /// The fake Loki. Dropping it closes the listener and every connection.
 pub struct LokiReceiver {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    accepting: Accepting,
 }
 
 struct Shared {
     state: Mutex<State>,
     cond: Condvar,
-    stop: AtomicBool,
 }
 
 struct State {
@@ -160,8 +159,6 @@ struct State {
     requests: Vec<RequestRecord>,
     in_flight: usize,
     last_activity: Instant,
-    conns: HashMap<u64, TcpStream>,
-    next_conn: u64,
     /// Where stored entries go instead of `entries`, when set (see [`LokiReceiver::set_sink`]).
     sink: Option<EntrySink>,
     /// Entries handed to the sink.
@@ -181,7 +178,6 @@ impl LokiReceiver {
     pub fn start_on(port: u16) -> LokiReceiver {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("LokiReceiver: bind 127.0.0.1:{port}: {e}"));
-        let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 default_status: 204,
@@ -193,37 +189,29 @@ impl LokiReceiver {
                 requests: Vec::new(),
                 in_flight: 0,
                 last_activity: Instant::now(),
-                conns: HashMap::new(),
-                next_conn: 0,
                 sink: None,
                 sunk: 0,
             }),
             cond: Condvar::new(),
-            stop: AtomicBool::new(false),
         });
         let sh = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name(format!("loki-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, sh))
-            .expect("spawn accept thread");
-        LokiReceiver {
-            addr,
-            shared,
-            accept: Some(accept),
-        }
+        let accepting = Accepting::start(listener, "loki", move |stream, id| {
+            serve_conn(&sh, stream, id)
+        });
+        LokiReceiver { shared, accepting }
     }
 
     /// `http://127.0.0.1:PORT/loki/api/v1/push`.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.addr, PUSH_PATH)
+        format!("http://{}{}", self.accepting.addr(), PUSH_PATH)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.accepting.addr()
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.accepting.addr().port()
     }
 
     // ---- programming the answers ----
@@ -385,7 +373,7 @@ impl LokiReceiver {
 
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
-        self.state().next_conn
+        self.accepting.accepted()
     }
 
     /// A one-line-per-request summary, for assertion messages.
@@ -438,58 +426,6 @@ impl LokiReceiver {
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-        }
-    }
-}
-
-impl Drop for LokiReceiver {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-        let st = self.state();
-        for conn in st.conns.values() {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let id = {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            let id = st.next_conn;
-            st.next_conn += 1;
-            if let Ok(clone) = stream.try_clone() {
-                st.conns.insert(id, clone);
-            }
-            id
-        };
-        let sh = Arc::clone(&shared);
-        let spawned = thread::Builder::new()
-            .name(format!("loki-conn-{id}"))
-            .spawn(move || {
-                serve_conn(&sh, stream, id);
-                let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-                st.conns.remove(&id);
-            });
-        if spawned.is_err() {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.conns.remove(&id);
         }
     }
 }

@@ -18,21 +18,17 @@ use support::numbered::{
 };
 use support::*;
 
-/// How often ringtail writes the acked positions (`SAVE_EVERY` in src/run.rs): a crash re-sends
-/// at most what was acked since the last write.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
-/// How late the last write before a crash can be on top of [`SAVE_EVERY`]: the sender writes
-/// positions between pushes (so after the push in progress), and fsyncs the file while the disk
-/// takes tens of MB/s of logs.
-const SAVE_SLACK: Duration = Duration::from_secs(1);
+/// How long before a crash the oldest line it re-sends may have been stored: ringtail writes its
+/// positions right after each ack (src/positions/mod.rs), so only the push in progress and the
+/// write after it, on two cores busy with tens of MB/s of logs.
+const PUSH_SLACK: Duration = Duration::from_secs(1);
 /// `loki.batch.max_bytes` in the test config (asserted in [`Bench::new`]): a batch holds at most
 /// this many bytes of lines (src/sink/mod.rs cuts a batch before a chunk would pass it; only
 /// lines and metadata text count, and this generator's metadata values are constants).
 const BATCH_MAX_BYTES: u64 = 1 << 20;
-/// Batches a crash can catch between reading and the positions file (src/sink/mod.rs): one
-/// being pushed, which the receiver may have stored before the kill, and one sealed behind it,
-/// which never reached the receiver but is counted so that the bound is the contract's "in-flight
-/// batches" plus what the positions interval adds.
+/// Batches a crash can catch between the receiver and the positions file (src/sink/mod.rs): the
+/// one being pushed, which the receiver may have stored before the kill, and the one before it,
+/// whose write the spacing of slow positions writes may have put off until after that push.
 const IN_FLIGHT_BATCHES: u64 = 2;
 /// The contract's stop deadline: max(10 s, `loki.timeout`), and the test config's timeout is 5 s.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -48,10 +44,10 @@ const KUBELET_MONITOR: Duration = Duration::from_secs(10);
 /// uncompressed, a restart finds that file compressed: lines lost by design (contract §2: the
 /// files are the buffer; a `.gz` is never read), which is not what these scenarios test.
 const MAX_AHEAD: u64 = 10_000_000;
-/// Time between a restart and the next kill -9, drawn uniformly. Positions are written once a
-/// second, so a run much shorter than that commits next to nothing, and a string of them makes
-/// no progress while kubelet keeps compressing: the lines lost by design above. A real crash
-/// loop is slower (kubelet's back-off starts at 10 s).
+/// Time between a restart and the next kill -9, drawn uniformly. A run much shorter than that
+/// spends itself starting and commits next to nothing, and a string of them makes no progress
+/// while kubelet keeps compressing: the lines lost by design above. A real crash loop is slower
+/// (kubelet's back-off starts at 10 s).
 const RUN_BEFORE_KILL_MS: std::ops::Range<u64> = 1500..3500;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -318,15 +314,14 @@ fn kill_9_storm_while_writing_and_rotating_loses_nothing() {
         b.diagnose(&ch, &report, &rt)
     );
 
-    // What is sent again after the crash of run r must have been stored by r within a positions
-    // write (plus slack) of the kill, and be no more than r stored then plus the batches in
-    // flight.
-    let window = SAVE_EVERY + SAVE_SLACK;
+    // What is sent again after the crash of run r must have been stored by r within a push
+    // (plus slack) of the kill, and be no more than the batches in flight (contract §2).
     let per_batch = lines_per_batch();
+    let bound = IN_FLIGHT_BATCHES * per_batch;
     let mut table = format!(
         "kill -9 ×{} over {:.1?}: {} lines ({:.0} MB at {:.1} MB/s, target 20, throttled \
-         {:.1?}), {} rotations, {} compressed, {} duplicates\n  crash  behind    dups  oldest  stored \
-         in last {window:?}  bound (= {IN_FLIGHT_BATCHES} × {per_batch} in flight + stored)\n",
+         {:.1?}), {} rotations, {} compressed, {} duplicates\n  crash  behind    dups  oldest  \
+         (bound {bound} = {IN_FLIGHT_BATCHES} batches × {per_batch} lines, within {PUSH_SLACK:?})\n",
         cycles + 1,
         started.elapsed(),
         report.lines,
@@ -345,8 +340,6 @@ fn kill_9_storm_while_writing_and_rotating_loses_nothing() {
     for &r in &crashes {
         let dups = ch.duplicates_from_crash(r);
         let oldest = ch.oldest_duplicate_from_crash(r);
-        let stored = ch.stored_in_last(r, window);
-        let bound = IN_FLIGHT_BATCHES * per_batch + stored;
         let run = &ch.runs()[r];
         let behind = run
             .ended
@@ -354,11 +347,11 @@ fn kill_9_storm_while_writing_and_rotating_loses_nothing() {
             .unwrap_or_default();
         let _ = writeln!(
             table,
-            "  {r:>5}  {:>5.1}s  {dups:>6}  {:>5}ms  {stored:>18}  {bound:>6}",
+            "  {r:>5}  {:>5.1}s  {dups:>6}  {:>5}ms",
             behind.as_secs_f64(),
             oldest.as_millis()
         );
-        if dups > bound || oldest > window {
+        if dups > bound || oldest > PUSH_SLACK {
             over.push(r);
         }
     }
@@ -376,7 +369,7 @@ fn kill_9_storm_while_writing_and_rotating_loses_nothing() {
     eprintln!("{table}");
     assert!(
         over.is_empty(),
-        "crashes {over:?} re-sent more, or older lines, than the positions interval explains\n\
+        "crashes {over:?} re-sent more, or older lines, than the batches in flight\n\
          {table}{}",
         b.diagnose(&ch, &report, &rt)
     );

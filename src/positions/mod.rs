@@ -7,6 +7,14 @@
 //!
 //! Events positions are not kept here but on the Lease, where the next holder can read them:
 //! they are handed to the events shipper's callback ([`Positions::on_events_ack`]).
+//!
+//! When the file is written: after every acked batch, so that a `kill -9` re-sends at most the
+//! batches in flight (contract §2). Such a write is not fsynced (the page cache outlives the
+//! process); a durable write (fsync of the file and its directory) follows within `interval`, so
+//! a machine crash re-sends at most that much more. On nodes with so many files that one write
+//! is slow, writes are spaced to at least ten times the last plain one's duration, which keeps them
+//! under a tenth of the sender's time. After a failed write (disk full) the next try waits
+//! `interval`, so a broken disk costs one error line a second, not one per batch.
 
 pub mod store;
 
@@ -43,13 +51,20 @@ pub struct Positions {
     committed: Arc<Committed>,
     /// `ringtail_positions_commits_total` per source, fetched once each.
     commits: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
+    /// Changed since the last write.
     dirty: bool,
-    last_save: Instant,
+    /// Written since the last durable write.
+    unsynced: bool,
+    failing: bool,
+    last_write: Instant,
+    last_write_took: Duration,
+    last_durable: Instant,
     interval: Duration,
 }
 
 impl Positions {
-    /// Starts from what was loaded; `interval` is how often [`Positions::maybe_save`] writes.
+    /// Starts from what was loaded; `interval` bounds how long a written position stays
+    /// without fsync.
     pub fn new(dir: PathBuf, loaded: &store::Loaded, interval: Duration) -> Positions {
         Positions {
             dir,
@@ -61,9 +76,13 @@ impl Positions {
             ))),
             commits: Vec::new(),
             dirty: false,
-            // The first change is written at once: files registered at start are on disk
-            // before a crash in the first second could forget them.
-            last_save: Instant::now()
+            unsynced: false,
+            failing: false,
+            last_write: Instant::now(),
+            last_write_took: Duration::ZERO,
+            // The first write is durable at once: files registered at start are on disk before
+            // a machine crash in the first second could forget them.
+            last_durable: Instant::now()
                 .checked_sub(interval)
                 .unwrap_or_else(Instant::now),
             interval,
@@ -151,28 +170,53 @@ impl Positions {
         self.dirty |= self.files.len() != before;
     }
 
-    /// Writes the file if something changed and `interval` has passed.
+    /// Writes the file if something changed (see the module doc for when), or makes the last
+    /// write durable once `interval` has passed since the last durable one.
     pub fn maybe_save(&mut self) {
-        if self.dirty && self.last_save.elapsed() >= self.interval {
-            self.save();
+        let durable_due = self.last_durable.elapsed() >= self.interval;
+        let spacing = if self.failing {
+            self.interval
+        } else {
+            self.last_write_took * 10
+        };
+        if self.dirty && self.last_write.elapsed() >= spacing {
+            self.write(durable_due);
+        } else if self.unsynced && durable_due && !self.failing {
+            self.write(true);
         }
     }
 
-    /// Writes the file now if something changed. Errors are logged loudly and counted; the
-    /// previous file stays intact, and the next call tries again.
+    /// Writes the file now, durably, if anything is not on disk yet (at shutdown).
     pub fn save(&mut self) {
-        if !self.dirty {
-            return;
+        if self.dirty || self.unsynced {
+            self.write(true);
         }
-        self.last_save = Instant::now();
+    }
+
+    /// Errors are logged loudly and counted; the previous file stays intact.
+    fn write(&mut self, durable: bool) {
+        let started = Instant::now();
         let mut files: Vec<FilePos> = self.files.values().cloned().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        match store::save(&self.dir, files, self.journal_cursor.clone()) {
+        let result = store::save(&self.dir, files, self.journal_cursor.clone(), durable);
+        self.last_write = Instant::now();
+        if !durable {
+            // The spacing follows plain writes: a slow fsync, once per interval, is not what
+            // each ack's write costs.
+            self.last_write_took = started.elapsed();
+        }
+        match result {
             Ok(()) => {
                 self.dirty = false;
+                self.failing = false;
+                self.unsynced = !durable;
+                if durable {
+                    self.last_durable = self.last_write;
+                }
                 METRICS.positions_writes.inc();
             }
             Err(e) => {
+                self.failing = true;
                 METRICS.positions_errors.inc();
                 log::error!(
                     "cannot write positions to {}: {e}; tailing goes on, but a restart now would \
@@ -229,6 +273,40 @@ mod tests {
             (loaded[0].ino, loaded[0].offset, loaded[0].fp_hash),
             (1, 3, 9)
         );
+    }
+
+    #[test]
+    fn every_ack_is_written_at_once_and_a_failure_waits_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let interval = Duration::from_secs(3600);
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), interval);
+        let on_disk = |dir: &Path| store::load(dir).unwrap().files[0].offset;
+        p.apply(&adv(1, 0, 10, AdvanceKind::Continue));
+        p.maybe_save();
+        assert_eq!(on_disk(dir.path()), 10);
+        // Well within the interval: written again (not durably), not held back.
+        p.apply(&adv(1, 10, 25, AdvanceKind::Continue));
+        p.maybe_save();
+        assert_eq!(on_disk(dir.path()), 25);
+        assert!(p.unsynced);
+        p.save();
+        assert!(!p.unsynced && !p.dirty);
+
+        // A failed write is retried only after the interval, not on every ack.
+        let broken = dir.path().join("gone");
+        let mut q = Positions::new(broken.clone(), &store::Loaded::default(), interval);
+        let before = METRICS.positions_errors.get();
+        for to in 1..5 {
+            q.apply(&adv(2, to - 1, to, AdvanceKind::Continue));
+            q.maybe_save();
+        }
+        // One failure here (another test may add one of its own at the same time), not four.
+        let errors = METRICS.positions_errors.get() - before;
+        assert!((1..=2).contains(&errors), "{errors} errors");
+        assert!(q.failing && q.dirty);
+        std::fs::create_dir(&broken).unwrap();
+        q.save();
+        assert_eq!(store::load(&broken).unwrap().files[0].offset, 4);
     }
 
     #[test]

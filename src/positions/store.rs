@@ -1,5 +1,5 @@
-//! The positions file on disk: versioned JSON, written atomically (temp file, fsync, rename,
-//! fsync of the directory), read back at start.
+//! The positions file on disk: versioned JSON, written atomically (temp file, rename), read back
+//! at start. A durable write also fsyncs the file before the rename and the directory after it.
 //!
 //! A temp file that parses is newer than the main file (the last run died between writing and
 //! renaming it), so it wins. A file that does not parse (truncated, NUL-filled: loki#6268) is
@@ -115,11 +115,14 @@ fn loaded(state: State, set_aside: Option<PathBuf>) -> Loaded {
     }
 }
 
-/// Writes the positions atomically; on error the previous file is left as it was.
+/// Writes the positions atomically; on error the previous file is left as it was. Without
+/// `durable`, the new file survives a crash of the process (it is in the page cache) but not
+/// necessarily of the machine.
 pub fn save(
     dir: &Path,
     files: Vec<FilePos>,
     journal_cursor: Option<String>,
+    durable: bool,
 ) -> std::io::Result<()> {
     let state = State::V1 {
         saved_at: unix_now(),
@@ -131,10 +134,15 @@ pub fn save(
     {
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, dir.join(FILE_NAME))?;
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub fn unix_now() -> u64 {
@@ -187,7 +195,7 @@ mod tests {
     #[test]
     fn save_then_load() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), vec![pos(1, 10), pos(2, 20)], None).unwrap();
+        save(dir.path(), vec![pos(1, 10), pos(2, 20)], None, true).unwrap();
         let l = load(dir.path()).unwrap();
         assert_eq!(l.files, vec![pos(1, 10), pos(2, 20)]);
         assert!(l.saved_at.is_some() && l.set_aside.is_none());
@@ -197,7 +205,7 @@ mod tests {
     #[test]
     fn a_complete_temp_file_wins_and_a_torn_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), vec![pos(1, 10)], None).unwrap();
+        save(dir.path(), vec![pos(1, 10)], None, false).unwrap();
         let newer = State::V1 {
             saved_at: 1,
             files: vec![pos(1, 99)],

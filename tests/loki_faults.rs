@@ -1,11 +1,13 @@
-//! Loki misbehaving (issue scenario 6): a 429 storm, and a Loki that takes 2 s per request.
+//! Loki misbehaving (issue scenarios 5 and 6): an outage under 50 MB/s, a 429 storm, and a Loki
+//! that takes 2 s per request.
 //! Numbered lines are written throughout; every one must arrive exactly once (contract §2: a 429
 //! stores nothing and is retried, a slow answer is waited for), the retry schedule must be the
 //! jittered exponential backoff of src/sink/retry.rs, and the `loki_write_*` and `ringtail_*`
 //! metrics (contract §4) must agree with what the receiver saw.
 //!
-//! The two scenarios take turns: both time things (backoff gaps, a throughput ceiling) that a
-//! second ringtail on the same two cores would blur.
+//! The scenarios take turns: they time things (backoff gaps, a throughput ceiling, memory) that
+//! a second ringtail on the same two cores would blur. `RINGTAIL_SOAK=1` makes the outage the
+//! issue's full five minutes (15 GB of logs on disk) instead of 15 s.
 
 mod support;
 
@@ -37,9 +39,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Two numbered containers, and the retry timings the backoff bounds below assume.
-fn bench() -> Bench {
-    let b = Bench::new(2);
+/// `containers` numbered containers, and the retry timings the backoff bounds below assume.
+fn bench(containers: usize) -> Bench {
+    let b = Bench::new(containers);
     let cfg = b.w.config("");
     assert!(
         cfg.contains("retry: { min_backoff: 100ms, max_backoff: 1s, max_retries: 0 }"),
@@ -71,8 +73,8 @@ impl Bench {
             && self.w.rx.wait_quiet(Duration::from_secs(1))
     }
 
-    /// Every line of `report` arrived exactly once, as written; and ringtail counts exactly
-    /// those as sent, and nothing as dropped.
+    /// Every line of `report` arrived exactly once, as written and in order; and ringtail
+    /// counts exactly those as sent, and nothing as dropped.
     fn assert_exactly_once(&self, report: &GenReport, m: &str, rt: &Ringtail) {
         let ch = self.checker();
         let missing = ch.missing_ranges(report.lines);
@@ -99,6 +101,9 @@ impl Bench {
         assert_eq!(ch.beyond(report.lines), 0, "{}", ctx());
         assert_eq!(ch.unknown().0, 0, "{}", ctx());
         assert_eq!(ch.wrong().0, 0, "{}", ctx());
+        // No rotation here, so each container is one file: its lines arrive in order (batches
+        // sealed side by side are pushed in the order they were cut).
+        assert_eq!(ch.backwards().0, 0, "{:?}\n{}", ch.backwards().1, ctx());
         let host = format!("127.0.0.1:{}", self.w.rx.port());
         let labels = format!("{{host=\"{host}\",tenant=\"\"}}");
         assert_eq!(
@@ -176,16 +181,18 @@ fn retry_runs(log: &[RequestRecord]) -> Vec<Vec<Gap>> {
     runs
 }
 
-/// The wait before retry `k` (1-based), per src/sink/retry.rs: with `d_1 = min_backoff` and
-/// `d_{k+1} = min(2·d_k, max_backoff)`, the wait is `clamp(d_k + U·d_k, min_backoff,
-/// max_backoff)` with `U` uniform in [0, 1). So it lies in `[d_k, min(2·d_k, max_backoff)]`:
-/// 100–200 ms, 200–400, 400–800, 800–1000 (1000 exactly three times in four), then exactly
-/// 1000 ms from the fifth retry on (`d` has reached the cap, and the clamp leaves no jitter).
+/// The range of the wait before retry `k` (1-based), per src/sink/retry.rs (dskit's schedule):
+/// `[lo, hi)` starts at `[min_backoff, 2·min_backoff)` and both ends double until `hi` reaches
+/// `max_backoff`, then stay. Here: 100–200 ms, 200–400, 400–800, then 800–1000 from the fourth
+/// retry on.
 fn wait_bounds(k: u32) -> (Duration, Duration) {
-    let d = MIN_BACKOFF
-        .saturating_mul(1 << (k - 1).min(20))
-        .min(MAX_BACKOFF);
-    (d, (d * 2).min(MAX_BACKOFF))
+    let (mut lo, mut hi) = (MIN_BACKOFF, (MIN_BACKOFF * 2).min(MAX_BACKOFF));
+    for _ in 1..k {
+        if hi < MAX_BACKOFF {
+            (lo, hi) = ((lo * 2).min(MAX_BACKOFF), (hi * 2).min(MAX_BACKOFF));
+        }
+    }
+    (lo, hi)
 }
 
 /// A 429 storm: first six batches answered 429, 429, 204 (many short retry runs, to see the
@@ -195,7 +202,7 @@ fn wait_bounds(k: u32) -> (Duration, Duration) {
 fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
     let _serial = serial();
     let t0 = Instant::now();
-    let mut b = bench();
+    let mut b = bench(2);
     let mut rt = b.start();
     let gen = b.write();
     thread::sleep(Duration::from_secs(1));
@@ -275,7 +282,10 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
 
     // The gaps follow the schedule: at least the wait ringtail chose (the next request is
     // stamped after it arrives and is decoded), at most the longest wait plus the slack.
-    let mut uncapped = Vec::new();
+    // Jitter: each gap, placed in its range as (gap - lo) / (hi - lo), should be spread over
+    // [0, 1) rather than all at one point, at the cap too.
+    let mut placed = Vec::new();
+    let mut capped = Vec::new();
     for g in runs.iter().flatten() {
         let (lo, hi) = wait_bounds(g.retry);
         assert!(
@@ -285,28 +295,26 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
             g.gap,
             hi + GAP_SLACK
         );
-        if hi < MAX_BACKOFF {
-            uncapped.push(g.gap.as_secs_f64() / lo.as_secs_f64() - 1.0);
+        placed.push((g.gap - lo).as_secs_f64() / (hi - lo).as_secs_f64());
+        if hi == MAX_BACKOFF {
+            capped.push(g.gap);
         }
     }
-    // Jitter: below the cap each wait is d·(1 + U), so the gaps divided by d are spread over
-    // [1, 2) rather than all equal. 15 draws spread over less than a quarter of that range:
-    // less than 1 in 10^7.
-    assert_eq!(uncapped.len(), 2 * SHORT_RUNS + 3);
-    let lo = uncapped.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = uncapped.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(placed.len(), n429);
+    let lo = placed.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = placed.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     eprintln!(
-        "  jitter: gaps / d - 1 over the uncapped retries: {:?}",
-        uncapped
+        "  jitter: each gap's place in its range: {:?}",
+        placed
             .iter()
             .map(|u| (u * 100.0).round() / 100.0)
             .collect::<Vec<_>>()
     );
-    assert!(hi - lo > 0.25, "no jitter: {uncapped:?}");
-    // The storm's run reached the cap: its fifth and later gaps are the 1 s wait plus slack.
-    let capped: Vec<Duration> = runs[SHORT_RUNS][4..].iter().map(|g| g.gap).collect();
-    assert!(!capped.is_empty());
-    assert!(capped.iter().all(|&g| g >= MAX_BACKOFF), "{capped:?}");
+    // At least 17 draws (12 short-run retries, 5 in the storm) within a quarter of the range
+    // (slack included): less than 1 in 10^8.
+    assert!(hi - lo > 0.25, "no jitter: {placed:?}");
+    // The storm's run reached the cap: its fourth and later waits are in [800 ms, 1 s).
+    assert!(!capped.is_empty(), "the storm never reached the cap");
 
     rt.sigterm();
     assert!(
@@ -332,7 +340,7 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
 fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
     let _serial = serial();
     let t0 = Instant::now();
-    let mut b = bench();
+    let mut b = bench(2);
     const DELAY: Duration = Duration::from_secs(2);
     b.w.rx.set_delay(DELAY);
     let mut rt = b.start();
@@ -443,5 +451,130 @@ fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
     eprintln!(
         "slow Loki: {n} requests, {delayed} delayed; drained in {drained:.1?}; {:.1?} in all",
         t0.elapsed()
+    );
+}
+
+const OUTAGE_CONTAINERS: usize = 8;
+
+/// Loki down (503 to everything) while containers write 50 MB/s, then back. While it is down,
+/// the readers must stop once the pipeline's fixed buffers are full (the files are the buffer,
+/// contract §2), resident memory must stay flat, and the read lag must grow by what is written;
+/// once it is back, every line arrives exactly once.
+#[test]
+fn a_loki_outage_under_50_mb_per_s_pauses_readers_and_loses_nothing() {
+    let _serial = serial();
+    let soak = std::env::var("RINGTAIL_SOAK").is_ok_and(|v| v == "1");
+    let outage = Duration::from_secs(if soak { 300 } else { 15 });
+    // The buffers (ring, batch, sealed batch) fill within a second at this rate; give it five.
+    let settle = Duration::from_secs(5);
+    let mut b = bench(OUTAGE_CONTAINERS);
+    let mut rt = b.start();
+    let gen = Generator::start(
+        &b.w.pods(),
+        GenConfig {
+            containers: OUTAGE_CONTAINERS,
+            bytes_per_sec: 50_000_000,
+            // Never rotated: during an outage kubelet would compress rotated files, a loss by
+            // design (a `.gz` is never read), and not what this scenario is about.
+            max_size: 1 << 40,
+            monitor: Duration::from_secs(10),
+            max_files: 5,
+        },
+    );
+    let rtm = b.w.port;
+    let pid = rt.pid();
+    let read =
+        |m: &str| metric_value(m, "ringtail_read_bytes_total{source=\"pods\"}").unwrap_or(0.0);
+    let lag = |m: &str| metric_value(m, "ringtail_read_lag_bytes{source=\"pods\"}").unwrap_or(0.0);
+
+    // Shipping first, so that the outage starts with a warm pipeline.
+    assert!(
+        wait_until(Duration::from_secs(20), || b.checker().distinct() > 0),
+        "nothing arrived before the outage\n{}",
+        rt.logs()
+    );
+    b.w.rx.set_default(503);
+    let down = Instant::now();
+    let written_at_down = gen.bytes();
+    thread::sleep(settle);
+    let m = metrics(rtm);
+    let (read_settled, rss_settled) = (read(&m), status_kib(pid, "VmRSS"));
+    let written_settled = gen.bytes();
+    let mut rss_max = rss_settled;
+    while down.elapsed() < outage {
+        thread::sleep(Duration::from_millis(250));
+        rss_max = rss_max.max(status_kib(pid, "VmRSS"));
+    }
+    let m = metrics(rtm);
+    let (read_end, lag_end) = (read(&m), lag(&m));
+    let written_end = gen.bytes();
+    let report = gen.stop();
+    let hwm = status_kib(pid, "VmHWM");
+    let failed = b.w.rx.count_status(503);
+    let stored_before = b.checker().stored();
+    eprintln!(
+        "Loki outage {outage:?} at {:.1} MB/s: {:.0} MB written while down; read while down after \
+         {settle:?}: {} bytes; read lag at the end {:.0} MB; VmRSS {} KiB after {settle:?}, at \
+         most {} KiB; VmHWM {hwm} KiB; {failed} requests answered 503",
+        report.mb_per_sec(),
+        (written_end - written_at_down) as f64 / 1e6,
+        read_end - read_settled,
+        lag_end / 1e6,
+        rss_settled,
+        rss_max,
+    );
+    b.w.rx.set_default(204);
+    assert_eq!(
+        read_end, read_settled,
+        "the readers went on reading while Loki was down"
+    );
+    assert!(
+        rss_max <= rss_settled + 4096 && hwm <= 64 * 1024,
+        "resident memory grew during the outage: {rss_settled} KiB after {settle:?}, \
+         {rss_max} KiB at most, peak {hwm} KiB"
+    );
+    assert!(
+        lag_end >= (written_end - written_settled) as f64,
+        "the read lag ({lag_end} bytes) must hold at least what was written since the readers \
+         stopped ({} bytes)",
+        written_end - written_settled
+    );
+    assert!(
+        failed > 0,
+        "no request during the outage\n{}",
+        b.w.rx.summary()
+    );
+
+    let drain = Instant::now();
+    let timeout = Duration::from_secs(60) + Duration::from_secs_f64(report.bytes as f64 / 5e6);
+    assert!(
+        b.wait_all(&report, timeout),
+        "not every line arrived within {timeout:?} of Loki's return\n{}",
+        rt.logs()
+    );
+    eprintln!(
+        "Loki back: {} lines ({:.0} MB) of which {} arrived after the outage, drained in {:.1?}",
+        report.lines,
+        report.bytes as f64 / 1e6,
+        report.lines - stored_before,
+        drain.elapsed()
+    );
+    let m = metrics(rtm);
+    b.assert_exactly_once(&report, &m, &rt);
+    assert_eq!(
+        metric_value(&m, &duration_series(&b.w.rx, "count", 503, None)),
+        Some(failed as f64),
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, &retries_series(&b.w.rx)).unwrap_or(0.0) >= failed as f64,
+        "{m}"
+    );
+    rt.sigterm();
+    assert!(
+        rt.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        rt.logs()
     );
 }

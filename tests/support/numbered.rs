@@ -591,8 +591,6 @@ pub struct Checker {
     unknown_samples: Vec<String>,
     wrong: u64,
     wrong_samples: Vec<String>,
-    /// Per run: entries stored per [`BUCKET_MS`] since it started.
-    arrivals: Vec<Vec<u64>>,
     /// Per run: duplicates caused by its crash (lines it stored, sent again by a later run),
     /// and the oldest of them (ms from its storing to the crash).
     dups: Vec<u64>,
@@ -600,12 +598,16 @@ pub struct Checker {
     /// Duplicates no crash explains: sent twice by one run, or again after a graceful stop.
     bad_dups: u64,
     bad_dup_samples: Vec<String>,
+    /// Per container: the run and number of the last line stored, and the lines stored after a
+    /// higher number of the same container by the same run (out of order, unless a rotation
+    /// had two files of the container read side by side).
+    last_of: Vec<Option<(usize, u64)>>,
+    backwards: u64,
+    backwards_samples: Vec<String>,
     scratch: Vec<u8>,
 }
 
 const SAMPLES: usize = 10;
-/// Resolution of the per-run arrival counts.
-pub const BUCKET_MS: u64 = 100;
 
 impl Checker {
     /// A checker fed by `rx`: every entry it stores from now on is checked and then dropped.
@@ -648,11 +650,13 @@ impl Checker {
             unknown_samples: Vec::new(),
             wrong: 0,
             wrong_samples: Vec::new(),
-            arrivals: Vec::new(),
             dups: Vec::new(),
             oldest_dup_ms: Vec::new(),
             bad_dups: 0,
             bad_dup_samples: Vec::new(),
+            last_of: vec![None; containers],
+            backwards: 0,
+            backwards_samples: Vec::new(),
             scratch: Vec::with_capacity(MAX_LINE),
         }
     }
@@ -668,7 +672,6 @@ impl Checker {
             crashed: false,
             low_at_end: 0,
         });
-        self.arrivals.push(Vec::new());
         self.dups.push(0);
         self.oldest_dup_ms.push(0);
     }
@@ -755,29 +758,17 @@ impl Checker {
         (self.bad_dups, &self.bad_dup_samples)
     }
 
+    /// Lines a run stored after a later line of the same container.
+    pub fn backwards(&self) -> (u64, &[String]) {
+        (self.backwards, &self.backwards_samples)
+    }
+
     pub fn unknown(&self) -> (u64, &[String]) {
         (self.unknown, &self.unknown_samples)
     }
 
     pub fn wrong(&self) -> (u64, &[String]) {
         (self.wrong, &self.wrong_samples)
-    }
-
-    /// Entries run `r` stored within `window` before it ended (counted in whole
-    /// [`BUCKET_MS`] buckets, rounding the window up): all that a crash of `r` may send again
-    /// if its positions were not written yet.
-    pub fn stored_in_last(&self, r: usize, window: Duration) -> u64 {
-        let Some(run) = self.runs.get(r) else {
-            return 0;
-        };
-        let Some(end) = run.ended else {
-            return 0;
-        };
-        let buckets = &self.arrivals[r];
-        let end_b =
-            (end.saturating_duration_since(run.started).as_millis() as u64 / BUCKET_MS) as usize;
-        let from_b = end_b.saturating_sub((window.as_millis() as u64).div_ceil(BUCKET_MS) as usize);
-        buckets.iter().skip(from_b).take(end_b + 1 - from_b).sum()
     }
 
     fn run_of(&self, conn: u64) -> usize {
@@ -839,15 +830,6 @@ impl Checker {
         let run = self.run_of(conn);
         let now = Instant::now();
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u32;
-        if let Some(r) = self.runs.get(run) {
-            let b =
-                (now.saturating_duration_since(r.started).as_millis() as u64 / BUCKET_MS) as usize;
-            let buckets = &mut self.arrivals[run];
-            if buckets.len() <= b {
-                buckets.resize(b + 1, 0);
-            }
-            buckets[b] += 1;
-        }
         if self.seen[i] == 0 {
             self.distinct += 1;
             self.progress.store(self.distinct, Ordering::SeqCst);
@@ -869,6 +851,16 @@ impl Checker {
                 );
             }
         }
+        if let Some((r, last)) = self.last_of[c] {
+            if r == run && seq < last {
+                self.backwards += 1;
+                sample(
+                    &mut self.backwards_samples,
+                    format!("line {seq} after line {last} of {}", container_name(c)),
+                );
+            }
+        }
+        self.last_of[c] = Some((run, seq));
         self.seen[i] = self.seen[i].saturating_add(1);
         self.last_run[i] = run as u16;
         self.last_at_ms[i] = now_ms;

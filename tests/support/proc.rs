@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use super::http;
 
-/// The binary cargo built for these tests.
+/// The binary cargo built for these tests, or `RINGTAIL_BIN` (a release build, for soak runs
+/// whose backlog a debug build would take many minutes to drain).
 pub fn bin_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ringtail"))
+    std::env::var_os("RINGTAIL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ringtail")))
 }
 
 /// A running `ringtail run --config <dir>/ringtail.yaml`. Killed (SIGKILL) on drop; when the

@@ -16,12 +16,15 @@
 //! | `E2E_SEED`     | 1          | generator seed                                                 |
 //! | `E2E_KEEP`     | unset      | `1`: keep the generated tree and print its path                |
 //! | `E2E_KUBE`     | `off`      | `on`: a fake kube API (tests/support/kubeapi.rs) lists every pod with `app` labels, so pod metadata enrichment is measured; `both`: off and on |
+//! | `E2E_RATE`     | 0          | latency mode when > 0: the files start empty and a writer appends to all of them at this many MB/s for `E2E_SECS`, while ringtail runs; each line's latency, from the write that made it visible to the receiver reading the push that carries it (and answering 204), is collected into percentiles and a histogram |
+//! | `E2E_SECS`     | 10         | seconds of writing in latency mode                             |
+//! | `E2E_BIN`      | this build | `name=path,name=path`: ringtail binaries to compare in one run, taking turns run by run (e.g. a build of the previous commit against this one); ratios to the first are printed |
 //!
 //! Without `--bench` (`cargo test --benches`), it runs a small smoke configuration instead.
 //!
 //! Figures: MB/s and lines/s of input from the start of the process to the last line stored
 //! (startup included); ringtail's CPU-seconds per GB of input and peak RSS, read from /proc
-//! before SIGTERM; and, on the same bytes in this process, `snap::raw::Encoder` alone over 1 MiB
+//! before SIGTERM, and its RSS 2 s later (idle, every file still tracked); and, on the same bytes in this process, `snap::raw::Encoder` alone over 1 MiB
 //! blocks, the floor any shipper that compresses every byte has to pay. The receiver runs in
 //! this process and competes for the same cores; its CPU time is printed too.
 //!
@@ -76,6 +79,11 @@ struct Settings {
     keep: bool,
     /// Runs without and/or with a kube API.
     kube: Vec<bool>,
+    /// (name, path) of the binaries to compare.
+    bins: Vec<(String, PathBuf)>,
+    /// Latency mode: bytes per second written while ringtail runs (0: throughput mode).
+    rate: f64,
+    write_for: Duration,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -130,6 +138,23 @@ impl Settings {
                     eprintln!("e2e: E2E_KUBE: {other:?} is not off, on or both");
                     std::process::exit(2)
                 }
+            },
+            rate: env_or::<f64>("E2E_RATE", 0.0) * 1e6,
+            write_for: Duration::from_secs(env_or("E2E_SECS", 10)),
+            bins: match std::env::var("E2E_BIN") {
+                Ok(list) if !list.trim().is_empty() => list
+                    .split(',')
+                    .map(|b| match b.split_once('=') {
+                        Some((name, path)) if Path::new(path.trim()).is_file() => {
+                            (name.trim().to_string(), PathBuf::from(path.trim()))
+                        }
+                        _ => {
+                            eprintln!("e2e: E2E_BIN: {b:?} is not name=path of an existing binary");
+                            std::process::exit(2)
+                        }
+                    })
+                    .collect(),
+                _ => vec![(String::new(), PathBuf::from(env!("CARGO_BIN_EXE_ringtail")))],
             },
         }
     }
@@ -198,6 +223,8 @@ fn generate(root: &Path, files: usize, bytes: u64, seed: u64) -> Tree {
 struct Counts {
     /// Times each sequence number was received (saturating).
     seen: Vec<u8>,
+    /// Lines to wait for (`u64::MAX` while a latency-mode writer is still writing).
+    expected: u64,
     unique: u64,
     dups: u64,
     /// Entries without a sequence number we generated.
@@ -223,6 +250,16 @@ struct Shared {
     delay: Duration,
     /// Bodies answered and waiting to be decoded, with when they were read.
     bodies: Mutex<Option<mpsc::Sender<Body>>>,
+    /// Latency mode: when each line was written, and each line's latency in µs.
+    written: Option<Arc<Written>>,
+    latencies: Mutex<Vec<u32>>,
+}
+
+/// When lines were written: `(end, at)` marks, in order, each saying that lines below `end` were
+/// on disk at `at`.
+#[derive(Default)]
+struct Written {
+    marks: Mutex<Vec<(u64, Instant)>>,
 }
 
 /// A minimal Loki push endpoint on 127.0.0.1: HTTP/1.1 keep-alive, 204 answers, snappy +
@@ -244,18 +281,28 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(expected: u64, delay: Duration) -> Receiver {
+    /// Expects lines `0..expected`; in latency mode (`written`), up to `capacity` lines, and
+    /// the count is set by [`Receiver::expect`] once writing is over.
+    fn start(
+        expected: u64,
+        capacity: u64,
+        delay: Duration,
+        written: Option<Arc<Written>>,
+    ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().expect("local addr").port();
         let shared = Arc::new(Shared {
             counts: Mutex::new(Counts {
-                seen: vec![0; expected as usize],
+                seen: vec![0; capacity.max(expected) as usize],
+                expected,
                 ..Counts::default()
             }),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
             delay,
             bodies: Mutex::new(None),
+            written,
+            latencies: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel::<Body>();
         *shared.bodies.lock().unwrap() = Some(tx);
@@ -267,6 +314,17 @@ impl Receiver {
             for (at, body) in rx {
                 match decode(&body, &mut seqs) {
                     Some((line_bytes, with_app)) => {
+                        if let Some(w) = &sh.written {
+                            let marks = w.marks.lock().unwrap();
+                            let mut lat = sh.latencies.lock().unwrap();
+                            for &seq in &seqs {
+                                let i = marks.partition_point(|m| m.0 <= seq);
+                                if let Some((_, written_at)) = marks.get(i) {
+                                    let us = at.saturating_duration_since(*written_at).as_micros();
+                                    lat.push(us.min(u32::MAX as u128) as u32);
+                                }
+                            }
+                        }
                         sh.counts.lock().unwrap().with_app += with_app;
                         record(&sh, &seqs, line_bytes, body.len(), at)
                     }
@@ -295,6 +353,16 @@ impl Receiver {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/loki/api/v1/push", self.port)
+    }
+
+    /// Latency mode: writing is over, and `lines` were written.
+    fn expect(&self, lines: u64) {
+        let mut c = self.shared.counts.lock().unwrap();
+        c.expected = lines;
+        if c.done_at.is_none() && c.unique >= lines {
+            c.done_at = Some(Instant::now());
+            self.shared.cond.notify_all();
+        }
     }
 
     /// Waits until every expected line is stored, the child exits, or `timeout` passes.
@@ -447,7 +515,7 @@ fn record(shared: &Shared, seqs: &[u64], line_bytes: u64, body_bytes: usize, at:
             None => c.unknown += 1,
         }
     }
-    if c.done_at.is_none() && c.unique == c.seen.len() as u64 {
+    if c.done_at.is_none() && c.unique >= c.expected {
         c.done_at = Some(at);
         shared.cond.notify_all();
     }
@@ -476,10 +544,12 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
-/// VmHWM (peak resident set) in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A field of /proc/<pid>/status in MiB: VmHWM (peak resident set) or VmRSS.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -510,6 +580,8 @@ struct RunResult {
     cpu_s: f64,
     cpu_s_per_gb: f64,
     rss_mib: f64,
+    /// VmRSS 2 s after the last line arrived.
+    idle_rss_mib: f64,
     lost: u64,
     dups: u64,
     with_app: u64,
@@ -519,6 +591,8 @@ struct RunResult {
     bad_requests: u64,
     body_bytes: u64,
     exit: Option<ExitStatus>,
+    /// Latency mode: each line's latency in µs.
+    latencies: Vec<u32>,
 }
 
 fn config_yaml(
@@ -574,6 +648,7 @@ fn kube_api(tree: &Tree) -> FakeKubeApi {
 }
 
 fn run_once(
+    bin: &Path,
     tree: &Tree,
     work: &Path,
     threads: usize,
@@ -587,13 +662,25 @@ fn run_once(
     if let Some(api) = kube {
         api.write_kubeconfig(&kubeconfig);
     }
-    let receiver = Receiver::start(tree.lines, s.loki_delay);
+    let written = (s.rate > 0.0).then(|| Arc::new(Written::default()));
+    let receiver = match &written {
+        Some(w) => {
+            for f in &tree.files {
+                fs::write(f, b"").expect("empty the log file");
+            }
+            // Generous: the shortest generated lines are longer than 40 bytes.
+            let capacity = (s.rate * s.write_for.as_secs_f64() / 40.0) as u64;
+            Receiver::start(u64::MAX, capacity, s.loki_delay, Some(w.clone()))
+        }
+        None => Receiver::start(tree.lines, 0, s.loki_delay, None),
+    };
     let config = work.join("ringtail.yaml");
+    let metrics_port = free_port();
     let yaml = config_yaml(
         tree,
         &work.join("data"),
         &receiver.url(),
-        free_port(),
+        metrics_port,
         threads,
         io,
     );
@@ -602,7 +689,7 @@ fn run_once(
 
     let cpu0 = self_cpu_seconds();
     let t0 = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtail"));
+    let mut cmd = Command::new(bin);
     cmd.env_remove("KUBECONFIG");
     if kube.is_some() {
         cmd.env("KUBECONFIG", &kubeconfig);
@@ -617,12 +704,22 @@ fn run_once(
         .spawn()
         .expect("start ringtail");
     let pid = child.id();
+    let (mut lines, mut bytes, mut t0) = (tree.lines, tree.bytes, t0);
+    if let Some(w) = &written {
+        wait_ready(metrics_port, &mut child);
+        t0 = Instant::now();
+        (lines, bytes) = write_load(tree, s, w);
+        receiver.expect(lines);
+    }
     let done = receiver.wait_all(&mut child, s.timeout);
     let end = done.unwrap_or_else(Instant::now);
     // Read CPU and memory before SIGTERM: shutdown work is not throughput.
     let cpu_s = cpu_seconds(pid).unwrap_or(f64::NAN);
-    let rss_mib = peak_rss_mib(pid).unwrap_or(f64::NAN);
+    let rss_mib = status_mib(pid, "VmHWM").unwrap_or(f64::NAN);
     let receiver_cpu_s = self_cpu_seconds() - cpu0;
+    // Then idle: every line shipped, the files still tracked, nothing new to read.
+    thread::sleep(Duration::from_secs(2));
+    let idle_rss_mib = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
     // SAFETY: kill has no memory preconditions; pid is our child, not yet reaped.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let exit = wait_exit(&mut child, Duration::from_secs(20));
@@ -634,7 +731,7 @@ fn run_once(
 
     let secs = end.duration_since(t0).as_secs_f64();
     let c = receiver.shared.counts.lock().unwrap();
-    let lost = tree.lines - c.unique;
+    let lost = lines.saturating_sub(c.unique);
     if lost > 0 || !exit.is_some_and(|e| e.success()) {
         let log = fs::read_to_string(work.join("stderr.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -643,14 +740,16 @@ fn run_once(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    let latencies = std::mem::take(&mut *receiver.shared.latencies.lock().unwrap());
     RunResult {
         pid,
         secs,
-        mb_s: tree.bytes as f64 / 1e6 / secs,
-        lines_s: tree.lines as f64 / secs,
+        mb_s: bytes as f64 / 1e6 / secs,
+        lines_s: lines as f64 / secs,
         cpu_s,
-        cpu_s_per_gb: cpu_s / (tree.bytes as f64 / 1e9),
+        cpu_s_per_gb: cpu_s / (bytes as f64 / 1e9),
         rss_mib,
+        idle_rss_mib,
         lost,
         dups: c.dups,
         with_app: c.with_app,
@@ -660,7 +759,137 @@ fn run_once(
         bad_requests: c.bad_requests,
         body_bytes: c.body_bytes,
         exit,
+        latencies,
     }
+}
+
+/// Waits (at most 30 s) until ringtail answers /ready on its metrics port.
+fn wait_ready(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut answer = String::new();
+            let _ = c.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = c.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("e2e: ringtail not ready within 30 s; writing anyway");
+}
+
+/// Latency mode: appends CRI lines to every file in turn, 4 KiB at a time, at `s.rate` for
+/// `s.write_for`, marking when each write returned. Returns the lines and bytes written.
+fn write_load(tree: &Tree, s: &Settings, w: &Written) -> (u64, u64) {
+    let mut files: Vec<fs::File> = tree
+        .files
+        .iter()
+        .map(|p| {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .expect("open log file")
+        })
+        .collect();
+    let mut gen = Gen::new(s.seed, ringtail::timefmt::now_ns(), 0);
+    let mut buf = Vec::with_capacity(64 << 10);
+    let t0 = Instant::now();
+    let (mut bytes, mut next) = (0u64, 0usize);
+    while t0.elapsed() < s.write_for {
+        if bytes as f64 >= s.rate * t0.elapsed().as_secs_f64() {
+            thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        buf.clear();
+        gen.ts_ns = ringtail::timefmt::now_ns();
+        while buf.len() < 4096 {
+            gen.cri_line(&mut buf);
+        }
+        files[next].write_all(&buf).expect("append to log file");
+        w.marks.lock().unwrap().push((gen.seq, Instant::now()));
+        bytes += buf.len() as u64;
+        next = (next + 1) % files.len();
+    }
+    (gen.seq, bytes)
+}
+
+/// Latency percentiles of one configuration's runs (median [min..max] over runs), and a
+/// histogram of every line of them together.
+fn latency_summary(results: &[RunResult]) -> String {
+    let pct = |v: &[u32], p: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+    };
+    let mut sorted: Vec<Vec<u32>> = results.iter().map(|r| r.latencies.clone()).collect();
+    for v in &mut sorted {
+        v.sort_unstable();
+    }
+    let row = |p: f64| spread(&sorted.iter().map(|v| pct(v, p)).collect::<Vec<_>>());
+    let mut out = format!(
+        "\n    latency ms      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        row(0.5),
+        row(0.9),
+        row(0.99),
+        row(0.999),
+        row(1.0)
+    );
+    let all: Vec<u32> = sorted.concat();
+    const BOUNDS_MS: [u32; 10] = [5, 10, 25, 50, 100, 150, 200, 250, 500, 1000];
+    let mut below = 0usize;
+    out.push_str(&format!(
+        "\n    histogram of {} lines (ms: lines, cumulative %):",
+        all.len()
+    ));
+    for (i, &b) in BOUNDS_MS.iter().chain([&u32::MAX]).enumerate() {
+        let n = all.iter().filter(|&&us| us / 1000 < b).count() - below;
+        below += n;
+        let label = match i {
+            0 => format!("< {b}"),
+            10 => format!(">= {}", BOUNDS_MS[9]),
+            _ => format!("{}-{b}", BOUNDS_MS[i - 1]),
+        };
+        out.push_str(&format!(
+            "\n      {label:>9}  {n:>9}  {:>6.2}%",
+            100.0 * below as f64 / all.len().max(1) as f64
+        ));
+    }
+    out
+}
+
+/// One configuration's figures: median [min..max] of its runs.
+fn summarize(title: &str, results: &[RunResult], threads: usize, snappy_mb_s: f64) -> String {
+    let col = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+    let mb_s = col(|r| r.mb_s);
+    let per_core: Vec<f64> = mb_s.iter().map(|m| m / threads as f64).collect();
+    let ratio: Vec<f64> = mb_s.iter().map(|m| m / snappy_mb_s).collect();
+    format!(
+        "{title} ({} runs, median [min..max])\n    \
+         MB/s            {}\n    \
+         MB/s per tailer {}\n    \
+         lines/s         {}\n    \
+         CPU-s/GB        {}\n    \
+         peak RSS MiB    {}\n    \
+         idle RSS MiB    {} (2 s after the last line)\n    \
+         receiver CPU-s  {}\n    \
+         ÷ snappy alone  {} (snappy alone {:.0} MB/s)\n    \
+         lost {}  duplicates {}",
+        results.len(),
+        spread(&mb_s),
+        spread(&per_core),
+        spread(&col(|r| r.lines_s)),
+        spread(&col(|r| r.cpu_s_per_gb)),
+        spread(&col(|r| r.rss_mib)),
+        spread(&col(|r| r.idle_rss_mib)),
+        spread(&col(|r| r.receiver_cpu_s)),
+        spread(&ratio),
+        snappy_mb_s,
+        results.iter().map(|r| r.lost).sum::<u64>(),
+        results.iter().map(|r| r.dups).sum::<u64>(),
+    )
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -755,14 +984,30 @@ fn main() {
     for &kube in &s.kube {
         for io in &s.io {
             for &threads in &s.threads {
-                let mut results = Vec::new();
+                // Binaries take turns run by run, so drift on a shared machine hits them alike.
+                let mut results: Vec<Vec<RunResult>> = s.bins.iter().map(|_| Vec::new()).collect();
                 let k = if kube { " kube=on" } else { "" };
                 for r in 0..s.runs {
-                    let work = tmp.path().join(format!("run-{io}-{threads}-{kube}-{r}"));
-                    let res =
-                        run_once(&tree, &work, threads, io, api.as_ref().filter(|_| kube), &s);
-                    println!(
-                    "  threads={threads} io={io}{k} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
+                    for (b, (name, bin)) in s.bins.iter().enumerate() {
+                        let work = tmp
+                            .path()
+                            .join(format!("run-{io}-{threads}-{kube}-{r}-{b}"));
+                        let res = run_once(
+                            bin,
+                            &tree,
+                            &work,
+                            threads,
+                            io,
+                            api.as_ref().filter(|_| kube),
+                            &s,
+                        );
+                        let n = if name.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {name}")
+                        };
+                        println!(
+                    "  threads={threads} io={io}{k}{n} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
                      CPU {:.2} s = {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, with app {}, \
                      {} pushes ({:.1} MiB snappy, {} undecodable), receiver CPU {:.2} s, ringtail pid {}",
                     r + 1,
@@ -783,42 +1028,50 @@ fn main() {
                     res.receiver_cpu_s,
                     res.pid,
                 );
-                    if res.lost > 0 {
-                        failed = true;
+                        if res.lost > 0 {
+                            failed = true;
+                        }
+                        if !res.exit.is_some_and(|e| e.success()) {
+                            eprintln!("e2e: ringtail exited with {:?}", res.exit);
+                            failed = true;
+                        }
+                        let _ = fs::remove_dir_all(&work);
+                        results[b].push(res);
                     }
-                    if !res.exit.is_some_and(|e| e.success()) {
-                        eprintln!("e2e: ringtail exited with {:?}", res.exit);
-                        failed = true;
-                    }
-                    let _ = fs::remove_dir_all(&work);
-                    results.push(res);
                 }
-                let col = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
-                let mb_s = col(|r| r.mb_s);
-                let per_core: Vec<f64> = mb_s.iter().map(|m| m / threads as f64).collect();
-                let ratio: Vec<f64> = mb_s.iter().map(|m| m / snappy_mb_s).collect();
-                summary.push(format!(
-                    "threads={threads} io={io}{k} ({} runs, median [min..max])\n    \
-                 MB/s            {}\n    \
-                 MB/s per tailer {}\n    \
-                 lines/s         {}\n    \
-                 CPU-s/GB        {}\n    \
-                 peak RSS MiB    {}\n    \
-                 receiver CPU-s  {}\n    \
-                 ÷ snappy alone  {} (snappy alone {:.0} MB/s)\n    \
-                 lost {}  duplicates {}",
-                    results.len(),
-                    spread(&mb_s),
-                    spread(&per_core),
-                    spread(&col(|r| r.lines_s)),
-                    spread(&col(|r| r.cpu_s_per_gb)),
-                    spread(&col(|r| r.rss_mib)),
-                    spread(&col(|r| r.receiver_cpu_s)),
-                    spread(&ratio),
-                    snappy_mb_s,
-                    results.iter().map(|r| r.lost).sum::<u64>(),
-                    results.iter().map(|r| r.dups).sum::<u64>(),
-                ));
+                for (b, (name, _)) in s.bins.iter().enumerate() {
+                    let n = if name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {name}")
+                    };
+                    let mut line = summarize(
+                        &format!("threads={threads} io={io}{k}{n}"),
+                        &results[b],
+                        threads,
+                        snappy_mb_s,
+                    );
+                    if s.rate > 0.0 {
+                        line.push_str(&latency_summary(&results[b]));
+                    }
+                    if b > 0 {
+                        // Run by run against the first binary: the pairs ran side by side.
+                        let pair = |f: fn(&RunResult) -> f64| -> Vec<f64> {
+                            results[b]
+                                .iter()
+                                .zip(&results[0])
+                                .map(|(x, y)| f(x) / f(y))
+                                .collect()
+                        };
+                        line.push_str(&format!(
+                            "\n    ÷ {}: MB/s {}, CPU-s/GB {}",
+                            s.bins[0].0,
+                            spread(&pair(|r| r.mb_s)),
+                            spread(&pair(|r| r.cpu_s_per_gb))
+                        ));
+                    }
+                    summary.push(line);
+                }
             }
         }
     }

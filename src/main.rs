@@ -54,6 +54,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Version => {
@@ -209,4 +210,18 @@ fn stdout_closed() -> bool {
     // SAFETY: one valid pollfd, a zero timeout.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// glibc's allocator gives each thread that allocates its own arena, and memory freed by
+/// another thread (a chunk filled by a tailer, released by the writer) goes back to the arena
+/// it came from: on a node with 10,000 files that fragmentation was a quarter of the resident
+/// set. One arena, and giving freed memory back to the kernel past 64 KiB at the top of the
+/// heap, cut peak RSS from 102 to 74 MiB there and idle RSS from 45 to 37 MiB with 200 files,
+/// at no measurable CPU cost: ringtail allocates per read, not per line (BENCHMARKS.md).
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters, and runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 10);
+    }
 }

@@ -184,6 +184,7 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
         output,
         positions,
         cfg.loki.clone(),
+        tailers(&cfg),
         progress,
         stop.clone(),
     )
@@ -242,6 +243,19 @@ fn catalogs(cfg: &Config, meta: Arc<dyn PodMetadata>) -> Vec<Catalog> {
 
 /// Starts the tailer threads and runs discovery's start scans (so positions of files that are
 /// gone can be dropped before the writer starts).
+/// `tail.threads`, or one per core this process may use (its cpuset or its cgroup's CPU
+/// quota, whichever is less), at most [`MAX_AUTO_TAILERS`]. The writer runs as many sealers:
+/// encoding and compressing a batch costs about as much CPU per byte as reading and processing
+/// it (BENCHMARKS.md), so the two stages scale together.
+fn tailers(cfg: &Config) -> usize {
+    match cfg.tail.threads {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_AUTO_TAILERS),
+        n => n,
+    }
+}
+
 fn start_files(
     cfg: &Config,
     catalogs: Vec<Catalog>,
@@ -252,12 +266,7 @@ fn start_files(
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<Discovery, String> {
     let cpus = allowed_cpus();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = if cfg.tail.threads == 0 {
-        cores.min(MAX_AUTO_TAILERS)
-    } else {
-        cfg.tail.threads
-    };
+    let n = tailers(cfg);
     let io_err = |e: std::io::Error| {
         format!("tail.io: io_uring was forced but is unavailable: {e}; use tail.io: auto")
     };

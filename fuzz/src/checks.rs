@@ -138,7 +138,7 @@ fn cri_with_max(data: &[u8], max: usize) {
             );
         }
     }
-    partials.shrink(0);
+    partials.release_idle();
     let earliest = model.iter().flatten().map(|p| p.start).min();
     assert_eq!(
         partials.earliest_start(),

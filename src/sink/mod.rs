@@ -1,13 +1,16 @@
 //! The writer: takes chunks off the ring, batches them, and sends each batch to Loki (or
 //! stdout); only then are their positions applied.
 //!
-//! Two threads, one batch apart. The batcher cuts a batch when the next chunk would take it past
-//! `batch.max_bytes`, when it is `batch.max_wait` old, or at once when every source is idle (a
-//! quiet node gets its lines with low latency); it encodes and compresses it. The sender pushes
-//! it, retrying as long as it takes, and applies its positions. So the next batch is compressed
-//! while the last one is on the wire, and still only one request is in flight: per-stream order
-//! holds. While the sender retries, the hand-off (one batch) fills, the batcher stops taking
-//! from the ring, the ring fills, and the tailers pause.
+//! The batcher cuts a batch when the next chunk would take it past `batch.max_bytes`, when it
+//! is `batch.max_wait` old, or at once when every source is idle (a quiet node gets its lines
+//! with low latency), and numbers it. Sealers, as many as tailer threads, encode and compress
+//! batches side by side: snappy is the largest cost of the whole pipeline (see BENCHMARKS.md),
+//! and one thread doing it capped throughput below what the tailers read. The sender puts the
+//! sealed batches back in their order, pushes each, retrying as long as it takes, and applies
+//! its positions. So batches are compressed while the last one is on the wire, and still only
+//! one request is in flight, in the order batches were cut: per-stream order holds. While the
+//! sender retries, the sealers' hand-offs fill, the batcher stops taking from the ring, the ring
+//! fills, and the tailers pause.
 
 pub mod encode;
 pub mod loki;
@@ -15,6 +18,7 @@ pub mod proto;
 pub mod retry;
 pub mod stdout;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,23 +54,57 @@ pub struct Progress {
     pub pending_since: AtomicU64,
 }
 
+/// A batch as the batcher cut it; `seq` numbers batches from 0 in the order they were cut.
+struct Cut {
+    seq: u64,
+    chunks: Vec<Chunk>,
+    entries: u64,
+}
+
 /// A batch ready to send: its chunks (for the positions and the stdout sink) and, for Loki, the
 /// compressed `PushRequest` in `body[..len]` (the buffer is reused and kept at its largest size,
 /// so it is not zero-filled again for every batch).
 struct Sealed {
+    seq: u64,
     chunks: Vec<Chunk>,
     body: Vec<u8>,
     len: usize,
     entries: u64,
 }
 
-/// Starts the batcher and the sender; they end when every source has hung up (or the stop
-/// deadline passes), the sender after committing positions.
+/// Hands `item` to `tx`, waiting while it is full; gives it back if the stop deadline passes or
+/// the other side is gone first.
+fn hand_off<T>(tx: &Sender<T>, mut item: T, stop: &Stop) -> Result<(), T> {
+    loop {
+        match tx.send_timeout(item, Duration::from_millis(50)) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::SendTimeoutError::Timeout(i)) => {
+                if stop.past_deadline() {
+                    return Err(i);
+                }
+                item = i;
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(i)) => return Err(i),
+        }
+    }
+}
+
+/// Stopping with a batch unsent: its positions stay where they were, and its lines are read
+/// again after the restart.
+fn drop_unsent(recycler: &Recycler, chunks: Vec<Chunk>) {
+    for c in chunks {
+        recycler.recycle(c);
+    }
+}
+
+/// Starts the batcher, `sealers` sealers and the sender; they end when every source has hung
+/// up (or the stop deadline passes), the sender after committing positions.
 pub fn start(
     rx: RingRx,
     output: Output,
     positions: Positions,
     cfg: config::Loki,
+    sealers: usize,
     progress: Arc<Progress>,
     stop: Arc<Stop>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -78,27 +116,29 @@ pub fn start(
     progress
         .last_ack
         .store(crate::positions::store::unix_now(), Ordering::Relaxed);
-    let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(1);
-    let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(3);
+    let sealers = sealers.max(1);
+    let (cut_tx, cut_rx) = crossbeam_channel::bounded(1);
+    let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(sealers);
+    let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(sealers + 2);
+    let recycler = rx.recycler();
     let batcher = Batcher {
-        compress: matches!(output, Output::Loki(_)),
-        recycler: rx.recycler(),
+        recycler: recycler.clone(),
         rx,
-        sealed: sealed_tx,
-        bodies: bodies_rx,
+        cuts: cut_tx,
+        next_seq: 0,
         max_bytes: cfg.batch.max_bytes.0 as usize,
         max_wait: cfg.batch.max_wait.0,
         batch: Vec::new(),
         batch_bytes: 0,
         batch_started: Instant::now(),
-        encoder: encode::Encoder::default(),
-        encoded: Vec::new(),
-        snappy: snap::raw::Encoder::new(),
     };
+    let compress = matches!(output, Output::Loki(_));
     let sender = SenderLoop {
         sealed: sealed_rx,
+        waiting: BTreeMap::new(),
+        next_seq: 0,
         bodies: bodies_tx,
-        recycler: batcher.recycler.clone(),
+        recycler: recycler.clone(),
         output,
         positions,
         retry: cfg.retry,
@@ -106,30 +146,50 @@ pub fn start(
         metric_labels: writer_labels(&host, &tenant),
         split: encode::Encoder::default(),
     };
-    let s1 = stop.clone();
-    let b = std::thread::Builder::new()
-        .name("batcher".into())
-        .spawn(move || batcher.run(&s1))?;
-    let s = std::thread::Builder::new()
-        .name("sender".into())
-        .spawn(move || sender.run(&stop))?;
-    Ok(vec![b, s])
+    let mut threads = Vec::with_capacity(sealers + 2);
+    let s = stop.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("batcher".into())
+            .spawn(move || batcher.run(&s))?,
+    );
+    for i in 0..sealers {
+        let sealer = Sealer {
+            cuts: cut_rx.clone(),
+            sealed: sealed_tx.clone(),
+            bodies: bodies_rx.clone(),
+            recycler: recycler.clone(),
+            compress,
+            encoder: encode::Encoder::default(),
+            encoded: Vec::new(),
+            snappy: snap::raw::Encoder::new(),
+        };
+        let s = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("sealer-{i}"))
+                .spawn(move || sealer.run(&s))?,
+        );
+    }
+    drop((cut_rx, sealed_tx));
+    threads.push(
+        std::thread::Builder::new()
+            .name("sender".into())
+            .spawn(move || sender.run(&stop))?,
+    );
+    Ok(threads)
 }
 
 struct Batcher {
     rx: RingRx,
     recycler: Recycler,
-    sealed: Sender<Sealed>,
-    bodies: Receiver<Vec<u8>>,
-    compress: bool,
+    cuts: Sender<Cut>,
+    next_seq: u64,
     max_bytes: usize,
     max_wait: Duration,
     batch: Vec<Chunk>,
     batch_bytes: usize,
     batch_started: Instant,
-    encoder: encode::Encoder,
-    encoded: Vec<u8>,
-    snappy: snap::raw::Encoder,
 }
 
 impl Batcher {
@@ -149,7 +209,7 @@ impl Batcher {
                         .observe(chunk.read_at.elapsed().as_secs_f64());
                     TAP.publish(&chunk);
                     if !self.batch.is_empty() && self.batch_bytes + chunk.size() > self.max_bytes {
-                        self.seal(stop);
+                        self.cut(stop);
                     }
                     if self.batch.is_empty() {
                         self.batch_started = Instant::now();
@@ -163,28 +223,71 @@ impl Batcher {
             if !self.batch.is_empty()
                 && (self.batch_started.elapsed() >= self.max_wait || self.rx.sources_idle())
             {
-                self.seal(stop);
+                self.cut(stop);
             }
             if stop.past_deadline() {
                 return;
             }
         }
-        self.seal(stop);
+        self.cut(stop);
     }
 
-    /// Encodes and compresses the batch, and hands it to the sender (blocking while the sender
-    /// still holds the previous one).
-    fn seal(&mut self, stop: &Stop) {
+    /// Hands the batch to a sealer (blocking while every sealer is busy and one batch waits).
+    fn cut(&mut self, stop: &Stop) {
         if self.batch.is_empty() {
             return;
         }
         let chunks = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let entries: u64 = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        let entries = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        let cut = Cut {
+            seq: self.next_seq,
+            chunks,
+            entries,
+        };
+        self.next_seq += 1;
+        if let Err(c) = hand_off(&self.cuts, cut, stop) {
+            drop_unsent(&self.recycler, c.chunks);
+        }
+    }
+}
+
+/// Encodes and compresses batches, each with its own reused buffers.
+struct Sealer {
+    cuts: Receiver<Cut>,
+    sealed: Sender<Sealed>,
+    bodies: Receiver<Vec<u8>>,
+    recycler: Recycler,
+    compress: bool,
+    encoder: encode::Encoder,
+    encoded: Vec<u8>,
+    snappy: snap::raw::Encoder,
+}
+
+impl Sealer {
+    fn run(mut self, stop: &Stop) {
+        loop {
+            match self.cuts.recv_timeout(Duration::from_millis(100)) {
+                Ok(cut) => {
+                    let sealed = self.seal(cut);
+                    if let Err(s) = hand_off(&self.sealed, sealed, stop) {
+                        drop_unsent(&self.recycler, s.chunks);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if stop.past_deadline() {
+                return;
+            }
+        }
+    }
+
+    fn seal(&mut self, cut: Cut) -> Sealed {
         let mut body = self.bodies.try_recv().unwrap_or_default();
         let mut len = 0;
-        if self.compress && entries > 0 {
-            self.encoder.encode(&chunks, &mut self.encoded);
+        if self.compress && cut.entries > 0 {
+            self.encoder.encode(&cut.chunks, &mut self.encoded);
             let need = snap::raw::max_compress_len(self.encoded.len());
             if body.len() < need {
                 body.resize(need, 0);
@@ -201,35 +304,12 @@ impl Batcher {
                 }
             };
         }
-        let mut sealed = Sealed {
-            chunks,
+        Sealed {
+            seq: cut.seq,
+            chunks: cut.chunks,
             body,
             len,
-            entries,
-        };
-        loop {
-            match self.sealed.send_timeout(sealed, Duration::from_millis(50)) {
-                Ok(()) => return,
-                Err(crossbeam_channel::SendTimeoutError::Timeout(s)) => {
-                    if stop.past_deadline() {
-                        self.drop_unsent(s);
-                        return;
-                    }
-                    sealed = s;
-                }
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(s)) => {
-                    self.drop_unsent(s);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Stopping with a batch unsent: its positions stay where they were, and its lines are read
-    /// again after the restart.
-    fn drop_unsent(&self, s: Sealed) {
-        for c in s.chunks {
-            self.recycler.recycle(c);
+            entries: cut.entries,
         }
     }
 }
@@ -247,6 +327,10 @@ enum Sent {
 
 struct SenderLoop {
     sealed: Receiver<Sealed>,
+    /// Sealed ahead of their turn (another sealer was slower with an earlier batch).
+    waiting: BTreeMap<u64, Sealed>,
+    /// The batch to push next.
+    next_seq: u64,
     bodies: Sender<Vec<u8>>,
     recycler: Recycler,
     output: Output,
@@ -260,9 +344,19 @@ struct SenderLoop {
 
 impl SenderLoop {
     fn run(mut self, stop: &Stop) {
-        loop {
+        'run: loop {
             match self.sealed.recv_timeout(Duration::from_millis(100)) {
-                Ok(batch) => self.deliver(batch, stop),
+                Ok(batch) => {
+                    self.waiting.insert(batch.seq, batch);
+                    while let Some(batch) = self.waiting.remove(&self.next_seq) {
+                        self.next_seq += 1;
+                        self.deliver(batch, stop);
+                        self.positions.maybe_save();
+                        if stop.past_deadline() {
+                            break 'run;
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -270,6 +364,11 @@ impl SenderLoop {
             if stop.past_deadline() {
                 break;
             }
+        }
+        // Batches after one that was never sealed (the deadline passed): pushing them would
+        // commit positions past lines that were not sent.
+        for (_, batch) in std::mem::take(&mut self.waiting) {
+            drop_unsent(&self.recycler, batch.chunks);
         }
         self.positions.save();
     }

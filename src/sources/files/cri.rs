@@ -144,10 +144,10 @@ impl Partials {
         }
     }
 
-    /// Releases the buffer of streams with nothing pending once it has grown past `keep` bytes.
-    pub fn shrink(&mut self, keep: usize) {
+    /// Releases the buffer of streams with nothing pending.
+    pub fn release_idle(&mut self) {
         for p in &mut self.pending {
-            if !p.active && p.buf.capacity() > keep {
+            if !p.active && p.buf.capacity() > 0 {
                 p.buf = Vec::new();
             }
         }

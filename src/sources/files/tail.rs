@@ -292,7 +292,10 @@ impl Tail {
         }
         self.read_offset = base + pos as u64;
         self.note_size(base + buf.len() as u64);
-        self.partials.shrink(256 << 10);
+        // A joined line's buffer is kept only while a line is pending: lines long enough to be
+        // split are rare, and on a node with 10,000 files, each keeping the largest it ever
+        // joined was a third of ringtail's memory (BENCHMARKS.md).
+        self.partials.release_idle();
         self.set_advance(chunk, AdvanceKind::Continue);
     }
 

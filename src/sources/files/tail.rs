@@ -20,7 +20,7 @@ use crate::telemetry::metrics::METRICS;
 
 /// The first pause of a file at its end; it doubles up to 8× (25 ms up to 200 ms), which bounds
 /// the latency of a quiet file's next line.
-const IDLE_STEP: Duration = Duration::from_millis(25);
+const IDLE_STEP: Duration = Duration::from_millis(10);
 
 /// What happens to a file when its path no longer names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -145,6 +145,12 @@ pub fn save(
     Ok(())
 }
 
+/// fsyncs the positions file and its directory: what [`save`] without `durable` left to do.
+pub fn sync(dir: &Path) -> std::io::Result<()> {
+    File::open(dir.join(FILE_NAME))?.sync_all()?;
+    File::open(dir)?.sync_all()
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -16,7 +16,7 @@
 //! | `E2E_SEED`     | 1          | generator seed                                                 |
 //! | `E2E_KEEP`     | unset      | `1`: keep the generated tree and print its path                |
 //! | `E2E_KUBE`     | `off`      | `on`: a fake kube API (tests/support/kubeapi.rs) lists every pod with `app` labels, so pod metadata enrichment is measured; `both`: off and on |
-//! | `E2E_RATE`     | 0          | latency mode when > 0: the files start empty and a writer appends to all of them at this many MB/s for `E2E_SECS`, while ringtail runs; each line's latency, from the write that made it visible to the receiver reading the push that carries it (and answering 204), is collected into percentiles and a histogram |
+//! | `E2E_RATE`     | 0          | latency mode when > 0: the files start with one line each and a writer appends to all of them at this many MB/s for `E2E_SECS`, while ringtail runs; each line's latency, from the write that made it visible to the receiver reading the push that carries it (and answering 204), is collected into percentiles and a histogram |
 //! | `E2E_SECS`     | 10         | seconds of writing in latency mode                             |
 //! | `E2E_BIN`      | this build | `name=path,name=path`: ringtail binaries to compare in one run, taking turns run by run (e.g. a build of the previous commit against this one); ratios to the first are printed |
 //!
@@ -293,7 +293,7 @@ impl Receiver {
         let port = listener.local_addr().expect("local addr").port();
         let shared = Arc::new(Shared {
             counts: Mutex::new(Counts {
-                seen: vec![0; capacity.max(expected) as usize],
+                seen: vec![0; if capacity > 0 { capacity } else { expected } as usize],
                 expected,
                 ..Counts::default()
             }),
@@ -665,8 +665,15 @@ fn run_once(
     let written = (s.rate > 0.0).then(|| Arc::new(Written::default()));
     let receiver = match &written {
         Some(w) => {
+            // One line without a sequence number in each file (the receiver counts it as
+            // unknown): a running node's files are known and open before the load starts. A
+            // new file's first lines wait for discovery's next scan (up to 500 ms), which is
+            // not the latency of a running node.
+            let mut primer = String::new();
+            ringtail::timefmt::format_rfc3339_ns(ringtail::timefmt::now_ns(), &mut primer);
+            primer.push_str(" stdout F primer\n");
             for f in &tree.files {
-                fs::write(f, b"").expect("empty the log file");
+                fs::write(f, &primer).expect("prime the log file");
             }
             // Generous: the shortest generated lines are longer than 40 bytes.
             let capacity = (s.rate * s.write_for.as_secs_f64() / 40.0) as u64;
@@ -707,6 +714,8 @@ fn run_once(
     let (mut lines, mut bytes, mut t0) = (tree.lines, tree.bytes, t0);
     if let Some(w) = &written {
         wait_ready(metrics_port, &mut child);
+        // Steady state: every file found, opened and read to its end.
+        thread::sleep(Duration::from_secs(2));
         t0 = Instant::now();
         (lines, bytes) = write_load(tree, s, w);
         receiver.expect(lines);

@@ -12,12 +12,13 @@
 //! batches in flight (contract §2). That write is not fsynced (the page cache outlives the
 //! process); a syncer thread fsyncs the file and its directory within `interval` of it, so a
 //! machine crash re-sends at most that much more. The fsync is off the sender's path: on a
-//! node's disk it waits for a journal commit that also flushes the logs being written there,
-//! and at 75 MB/s of logs that held every push behind it for 500 ms, once a second
-//! (BENCHMARKS.md, latency). On nodes with so many files that one write is slow, writes are
-//! spaced to at least ten times the last one's duration, which keeps them under a tenth of the
-//! sender's time. After a failed write (disk full) the next try waits `interval`, so a broken
-//! disk costs one error line a second, not one per batch.
+//! node's disk (ext4, data=ordered) it can wait for a journal commit that also flushes the logs
+//! being written there, and the sender must not hold pushes behind that (on the bench machine
+//! the difference was within the noise: BENCHMARKS.md, latency). On nodes with so many files
+//! that one write is slow, writes are spaced to at least ten times the last one's duration,
+//! which keeps them under a tenth of the sender's time. After a failed write (disk full) the
+//! next try waits `interval`, so a broken disk costs one error line a second, not one per
+//! batch.
 
 pub mod store;
 

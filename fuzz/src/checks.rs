@@ -358,9 +358,21 @@ pub fn tail(data: &[u8]) {
     assert_eq!(a2.fingerprint, fp2);
     // The position stops at the first pending `P` record or at a gathered (unsent) long line's
     // start, else at the read offset.
-    let gathering = long.filter(|(_, _, sent)| !sent).map(|(start, _, _)| start);
+    let gathering = long
+        .as_ref()
+        .filter(|(_, _, sent)| !sent)
+        .map(|(start, _, _)| *start);
     let pending = if is_cri {
-        partial_start(body, r2)
+        // A long line sent cut and still unterminated is a record too: an `F` one completes
+        // the pending `P` lines of its stream (they are sent joined with what was kept).
+        let sent_cut = long
+            .as_ref()
+            .filter(|(_, _, sent)| *sent)
+            .map(|(start, _, _)| {
+                let s = *start as usize;
+                &body[s..(s + cap).min(body.len())]
+            });
+        partial_start(body, r2, sent_cut)
     } else {
         None
     };
@@ -398,7 +410,7 @@ fn check_restart_point(body: &[u8], to: u64, cuts: &[u64]) {
 
 /// The offset of the first record of the earliest `P…` line still pending at `end`, by a
 /// simple model of the tailer.
-fn partial_start(body: &[u8], end: u64) -> Option<u64> {
+fn partial_start(body: &[u8], end: u64, sent_cut: Option<&[u8]>) -> Option<u64> {
     let mut pending: [Option<u64>; 2] = [None, None];
     let mut at = 0u64;
     for raw in body[..end as usize].split_inclusive(|&b| b == b'\n') {
@@ -413,6 +425,11 @@ fn partial_start(body: &[u8], end: u64) -> Option<u64> {
             }
         }
         at += raw.len() as u64;
+    }
+    if let Some(r) = sent_cut.and_then(cri::parse) {
+        if !r.partial {
+            pending[r.stream.index()] = None;
+        }
     }
     pending.iter().flatten().copied().min()
 }

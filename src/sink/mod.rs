@@ -118,7 +118,9 @@ pub fn start(
         .store(crate::positions::store::unix_now(), Ordering::Relaxed);
     let sealers = sealers.max(1);
     let (cut_tx, cut_rx) = crossbeam_channel::bounded(1);
-    let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(sealers);
+    // One slot is enough: the sender drains it into `waiting` while it looks for the next
+    // batch, so a sealer ahead of its turn never blocks the one that is due.
+    let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(1);
     let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(sealers + 2);
     let recycler = rx.recycler();
     let batcher = Batcher {

@@ -256,9 +256,11 @@ impl Positions {
     /// Errors are logged loudly and counted; the previous file stays intact.
     fn write(&mut self, durable: bool) {
         let started = Instant::now();
-        let mut files: Vec<FilePos> = self.files.values().cloned().collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let result = store::save(&self.dir, files, self.journal_cursor.clone(), durable);
+        let result = {
+            let mut files: Vec<&FilePos> = self.files.values().collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            store::save(&self.dir, &files, self.journal_cursor.as_deref(), durable)
+        };
         self.last_write = Instant::now();
         self.last_write_took = started.elapsed();
         match result {

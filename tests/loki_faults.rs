@@ -39,6 +39,17 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// SIGTERM, and exit 0 within the test config's deadline (max(10 s, loki.timeout 5 s)).
+fn stop_in_time(rt: &mut Ringtail) {
+    rt.sigterm();
+    assert!(
+        rt.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        rt.logs()
+    );
+}
+
 /// `containers` numbered containers, and the retry timings the backoff bounds below assume.
 fn bench(containers: usize) -> Bench {
     let b = Bench::new(containers);
@@ -316,13 +327,7 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
     // The storm's run reached the cap: its fourth and later waits are in [800 ms, 1 s).
     assert!(!capped.is_empty(), "the storm never reached the cap");
 
-    rt.sigterm();
-    assert!(
-        rt.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        rt.logs()
-    );
+    stop_in_time(&mut rt);
     eprintln!(
         "429 storm: {} lines ({:.1} MB at {:.1} MB/s), {n429} × 429, {n204} × 204, {:.1?} in all",
         report.lines,
@@ -448,13 +453,7 @@ fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
         "VmHWM {peak_kib} KiB: the backlog is buffered in memory"
     );
 
-    rt.sigterm();
-    assert!(
-        rt.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        rt.logs()
-    );
+    stop_in_time(&mut rt);
     eprintln!(
         "slow Loki: {n} requests, {delayed} delayed; drained in {drained:.1?}; {:.1?} in all",
         t0.elapsed()
@@ -577,11 +576,5 @@ fn a_loki_outage_under_50_mb_per_s_pauses_readers_and_loses_nothing() {
         metric_value(&m, &retries_series(&b.w.rx)).unwrap_or(0.0) >= failed as f64,
         "{m}"
     );
-    rt.sigterm();
-    assert!(
-        rt.wait_exit(Duration::from_secs(10))
-            .is_some_and(|s| s.success()),
-        "{}",
-        rt.logs()
-    );
+    stop_in_time(&mut rt);
 }

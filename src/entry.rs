@@ -43,6 +43,9 @@ impl LabelSet {
             rendered.push('"');
         }
         rendered.push('}');
+        // Kept for as long as the file is tracked (10,000 files on a dense node): no spare room.
+        pairs.shrink_to_fit();
+        rendered.shrink_to_fit();
         Arc::new(LabelSet { pairs, rendered })
     }
 

@@ -27,7 +27,7 @@ use crate::sources::files::Format;
 use crate::telemetry::metrics::{Metrics, METRICS};
 
 /// Files read per submission, and read buffers per thread.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 16;
 /// Bytes read per file per turn: the fairness quantum, and the longest line kept whole without
 /// a CRI split (containerd splits at 16 KiB).
 pub const READ_SIZE: usize = 128 << 10;

@@ -9,6 +9,7 @@
 //! | `E2E_MB`       | 256        | MiB of CRI bytes in total (file sizes are skewed, heavy-tailed) |
 //! | `E2E_RUNS`     | 3          | runs per configuration (median, min and max are printed)       |
 //! | `E2E_THREADS`  | `1,2`      | `tail.threads` values to run                                   |
+//! | `E2E_CORES`    | unset      | instead of `E2E_THREADS`: numbers of cores to pin ringtail to (the last ones of this process's CPUs), with as many tailers: the scaling curve |
 //! | `E2E_IO`       | `auto`     | `tail.io`: `auto`, `pread`, `io_uring`, or `both` (pread and io_uring) |
 //! | `E2E_TIMEOUT`  | 120        | seconds to wait for every line of one run                      |
 //! | `E2E_LOKI_MS`  | 0          | receiver's delay before each answer (a real Loki's latency)    |
@@ -26,7 +27,9 @@
 //! (startup included); ringtail's CPU-seconds per GB of input and peak RSS, read from /proc
 //! before SIGTERM, and its RSS 2 s later (idle, every file still tracked); and, on the same bytes in this process, `snap::raw::Encoder` alone over 1 MiB
 //! blocks, the floor any shipper that compresses every byte has to pay. The receiver runs in
-//! this process and competes for the same cores; its CPU time is printed too.
+//! this process and competes for the same cores; its CPU time is printed too. For each thread
+//! role (tailer, sealer, batcher, sender, …), the busiest thread's CPU time over the run's
+//! wall time: one near 1.0 is the stage that caps throughput.
 //!
 //! Exits non-zero when a line was lost (or ringtail failed).
 
@@ -70,7 +73,10 @@ struct Settings {
     files: usize,
     bytes: u64,
     runs: usize,
+    /// `tail.threads` values to run, or with `pin`, numbers of cores.
     threads: Vec<usize>,
+    /// Pin ringtail to `threads` cores (the highest-numbered this process may use).
+    pin: bool,
     io: Vec<String>,
     timeout: Duration,
     loki_delay: Duration,
@@ -104,14 +110,21 @@ impl Settings {
         } else {
             (8, 4, 1, "1")
         };
-        let threads: String = env_or("E2E_THREADS", threads.to_string());
-        let threads = threads
+        // E2E_CORES replaces E2E_THREADS: n cores, n tailers.
+        let cores: String = env_or("E2E_CORES", String::new());
+        let (var, list) = if cores.is_empty() {
+            ("E2E_THREADS", env_or("E2E_THREADS", threads.to_string()))
+        } else {
+            ("E2E_CORES", cores)
+        };
+        let threads = list
             .split(',')
-            .map(|t| {
-                t.trim().parse().unwrap_or_else(|_| {
-                    eprintln!("e2e: E2E_THREADS: {t:?} is not a number");
+            .map(|t| match t.trim().parse() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    eprintln!("e2e: {var}: {t:?} is not a positive number");
                     std::process::exit(2)
-                })
+                }
             })
             .collect();
         let io: String = env_or("E2E_IO", "auto".to_string());
@@ -124,6 +137,7 @@ impl Settings {
             bytes: env_or::<u64>("E2E_MB", mb).max(1) << 20,
             runs: env_or("E2E_RUNS", runs).max(1),
             threads,
+            pin: var == "E2E_CORES",
             io,
             timeout: Duration::from_secs(env_or("E2E_TIMEOUT", 120)),
             loki_delay: Duration::from_millis(env_or("E2E_LOKI_MS", 0)),
@@ -242,6 +256,9 @@ struct Counts {
 /// A push body and when it was read.
 type Body = (Instant, Vec<u8>);
 
+/// The receiver decodes the bodies it holds once no push has come for this long.
+const DECODE_AFTER_QUIET: Duration = Duration::from_millis(100);
+
 struct Shared {
     counts: Mutex<Counts>,
     cond: Condvar,
@@ -268,10 +285,11 @@ struct Written {
 /// labels, which at hundreds of MB per run would cost more CPU and memory than ringtail itself
 /// on a 2-core machine; this one keeps one byte per expected line.
 ///
-/// It answers as soon as the body is read, and decodes on another thread at the lowest CPU
-/// priority (nice 19): ringtail's writer waits for each answer before it sends the next batch,
-/// and on a 2-core machine the decoding would otherwise take CPU from ringtail, where a real Loki
-/// runs elsewhere. The time a line arrived is when its body was read, whenever it is decoded.
+/// It answers as soon as the body is read, and holds the bodies; another thread decodes them
+/// once the pushes pause for [`DECODE_AFTER_QUIET`] (at the end of a run), at the lowest CPU
+/// priority: ringtail's writer waits for each answer before it sends the next batch, and on a
+/// 2-core machine decoding would otherwise take CPU from ringtail, where a real Loki runs
+/// elsewhere. The time a line arrived is when its body was read, whenever it is decoded.
 /// A body that fails to decode is counted in `bad_requests` (and fails the run through lost
 /// lines).
 struct Receiver {
@@ -311,24 +329,41 @@ impl Receiver {
             // SAFETY: plain syscalls on this thread's own id.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
             let mut seqs = Vec::new();
-            for (at, body) in rx {
-                match decode(&body, &mut seqs) {
-                    Some((line_bytes, with_app)) => {
-                        if let Some(w) = &sh.written {
-                            let marks = w.marks.lock().unwrap();
-                            let mut lat = sh.latencies.lock().unwrap();
-                            for &seq in &seqs {
-                                let i = marks.partition_point(|m| m.0 <= seq);
-                                if let Some((_, written_at)) = marks.get(i) {
-                                    let us = at.saturating_duration_since(*written_at).as_micros();
-                                    lat.push(us.min(u32::MAX as u128) as u32);
+            let mut held: Vec<Body> = Vec::new();
+            loop {
+                // Decoding waits until pushes pause: while ringtail runs, this thread takes no
+                // CPU from it at all (at nice 19 it still filled every gap ringtail left).
+                let gone = match rx.recv_timeout(DECODE_AFTER_QUIET) {
+                    Ok(b) => {
+                        held.push(b);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => false,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                };
+                for (at, body) in held.drain(..) {
+                    match decode(&body, &mut seqs) {
+                        Some((line_bytes, with_app)) => {
+                            if let Some(w) = &sh.written {
+                                let marks = w.marks.lock().unwrap();
+                                let mut lat = sh.latencies.lock().unwrap();
+                                for &seq in &seqs {
+                                    let i = marks.partition_point(|m| m.0 <= seq);
+                                    if let Some((_, written_at)) = marks.get(i) {
+                                        let us =
+                                            at.saturating_duration_since(*written_at).as_micros();
+                                        lat.push(us.min(u32::MAX as u128) as u32);
+                                    }
                                 }
                             }
+                            sh.counts.lock().unwrap().with_app += with_app;
+                            record(&sh, &seqs, line_bytes, body.len(), at)
                         }
-                        sh.counts.lock().unwrap().with_app += with_app;
-                        record(&sh, &seqs, line_bytes, body.len(), at)
+                        None => sh.counts.lock().unwrap().bad_requests += 1,
                     }
-                    None => sh.counts.lock().unwrap().bad_requests += 1,
+                }
+                if gone {
+                    return;
                 }
             }
         });
@@ -535,13 +570,48 @@ fn clock_ticks() -> f64 {
 
 /// utime + stime of a process, all threads, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    stat_cpu(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, s)| s)
+}
+
+/// CPU seconds of each of a process's threads, with the thread's name.
+fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| stat_cpu(&fs::read_to_string(t.path().join("stat")).ok()?))
+        .collect()
+}
+
+/// The name and utime + stime (seconds) in a /proc `stat` line.
+fn stat_cpu(stat: &str) -> Option<(String, f64)> {
+    // The name is in parentheses and may hold spaces; the fields follow it.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some((
+        stat[open + 1..close].to_string(),
+        (utime + stime) / clock_ticks(),
+    ))
+}
+
+/// The busiest thread of each role (`sealer-0` and `sealer-1` are one role), as its CPU time
+/// over the run's wall time: a role near 1.0 is what caps throughput.
+fn busiest(threads: &[(String, f64)], secs: f64) -> Vec<(String, f64)> {
+    let mut roles: Vec<(String, f64)> = Vec::new();
+    for (name, cpu) in threads {
+        let role = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let share = cpu / secs;
+        match roles.iter_mut().find(|(r, _)| r == role) {
+            Some((_, s)) => *s = s.max(share),
+            None => roles.push((role.to_string(), share)),
+        }
+    }
+    roles.retain(|(_, s)| *s >= 0.01);
+    roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+    roles
 }
 
 /// A field of /proc/<pid>/status in MiB: VmHWM (peak resident set) or VmRSS.
@@ -587,6 +657,8 @@ struct RunResult {
     with_app: u64,
     unknown: u64,
     receiver_cpu_s: f64,
+    /// Busiest thread of each role: CPU time ÷ wall time.
+    busiest: Vec<(String, f64)>,
     requests: u64,
     bad_requests: u64,
     body_bytes: u64,
@@ -698,6 +770,9 @@ fn run_once(
     let t0 = Instant::now();
     let mut cmd = Command::new(bin);
     cmd.env_remove("KUBECONFIG");
+    if s.pin {
+        pin_child(&mut cmd, threads);
+    }
     if kube.is_some() {
         cmd.env("KUBECONFIG", &kubeconfig);
     }
@@ -724,6 +799,7 @@ fn run_once(
     let end = done.unwrap_or_else(Instant::now);
     // Read CPU and memory before SIGTERM: shutdown work is not throughput.
     let cpu_s = cpu_seconds(pid).unwrap_or(f64::NAN);
+    let threads_cpu = thread_cpu(pid);
     let rss_mib = status_mib(pid, "VmHWM").unwrap_or(f64::NAN);
     let receiver_cpu_s = self_cpu_seconds() - cpu0;
     // Then idle: every line shipped, the files still tracked, nothing new to read.
@@ -764,11 +840,53 @@ fn run_once(
         with_app: c.with_app,
         unknown: c.unknown,
         receiver_cpu_s,
+        busiest: busiest(&threads_cpu, secs),
         requests: c.requests,
         bad_requests: c.bad_requests,
         body_bytes: c.body_bytes,
         exit,
         latencies,
+    }
+}
+
+/// Restricts the child to the last `n` CPUs this process may use (ringtail pins its tailers
+/// within that set, and the receiver keeps the other cores).
+fn pin_child(cmd: &mut Command, n: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes within it.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as above; `size` is the size of `allowed`.
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+        eprintln!("e2e: sched_getaffinity failed; E2E_CORES needs it");
+        std::process::exit(2);
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .collect();
+    if n > cpus.len() {
+        eprintln!(
+            "e2e: E2E_CORES: {n} cores asked for, {} available",
+            cpus.len()
+        );
+        std::process::exit(2);
+    }
+    // SAFETY: as above.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in &cpus[cpus.len() - n..] {
+        // SAFETY: `c` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: between fork and exec the closure makes one syscall on memory it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, size, &set) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
@@ -885,6 +1003,7 @@ fn summarize(title: &str, results: &[RunResult], threads: usize, snappy_mb_s: f6
          idle RSS MiB    {} (2 s after the last line)\n    \
          receiver CPU-s  {}\n    \
          ÷ snappy alone  {} (snappy alone {:.0} MB/s)\n    \
+         busiest threads {} (CPU-s ÷ wall-s, median)\n    \
          lost {}  duplicates {}",
         results.len(),
         spread(&mb_s),
@@ -896,9 +1015,36 @@ fn summarize(title: &str, results: &[RunResult], threads: usize, snappy_mb_s: f6
         spread(&col(|r| r.receiver_cpu_s)),
         spread(&ratio),
         snappy_mb_s,
+        busiest_summary(results),
         results.iter().map(|r| r.lost).sum::<u64>(),
         results.iter().map(|r| r.dups).sum::<u64>(),
     )
+}
+
+/// Each thread role's busiest share of the wall time, median over runs, busiest first.
+fn busiest_summary(results: &[RunResult]) -> String {
+    let mut roles: Vec<(String, f64)> = Vec::new();
+    for (role, _) in results.iter().flat_map(|r| &r.busiest) {
+        if roles.iter().any(|(r, _)| r == role) {
+            continue;
+        }
+        let shares: Vec<f64> = results
+            .iter()
+            .map(|r| {
+                r.busiest
+                    .iter()
+                    .find(|(n, _)| n == role)
+                    .map_or(0.0, |(_, s)| *s)
+            })
+            .collect();
+        roles.push((role.clone(), median(&shares)));
+    }
+    roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+    roles
+        .iter()
+        .map(|(r, s)| format!("{r} {s:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -990,6 +1136,7 @@ fn main() {
     let mut failed = false;
     let mut summary = Vec::new();
     let api = s.kube.contains(&true).then(|| kube_api(&tree));
+    let what = if s.pin { "cores" } else { "threads" };
     for &kube in &s.kube {
         for io in &s.io {
             for &threads in &s.threads {
@@ -1016,7 +1163,7 @@ fn main() {
                             format!(" {name}")
                         };
                         println!(
-                    "  threads={threads} io={io}{k}{n} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
+                    "  {what}={threads} io={io}{k}{n} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
                      CPU {:.2} s = {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, with app {}, \
                      {} pushes ({:.1} MiB snappy, {} undecodable), receiver CPU {:.2} s, ringtail pid {}",
                     r + 1,
@@ -1055,7 +1202,7 @@ fn main() {
                         format!(" {name}")
                     };
                     let mut line = summarize(
-                        &format!("threads={threads} io={io}{k}{n}"),
+                        &format!("{what}={threads} io={io}{k}{n}"),
                         &results[b],
                         threads,
                         snappy_mb_s,

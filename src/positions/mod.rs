@@ -15,10 +15,12 @@
 //! node's disk (ext4, data=ordered) it can wait for a journal commit that also flushes the logs
 //! being written there, and the sender must not hold pushes behind that (on the bench machine
 //! the difference was within the noise: BENCHMARKS.md, latency). On nodes with so many files
-//! that one write is slow, writes are spaced to at least ten times the last one's duration,
-//! which keeps them under a tenth of the sender's time. After a failed write (disk full) the
-//! next try waits `interval`, so a broken disk costs one error line a second, not one per
-//! batch.
+//! that one write is costly, writes are spaced to at least ten times the CPU time the last one
+//! took (at most `interval`), which keeps them under a tenth of the sender's CPU. CPU time, not
+//! wall time: on a busy node a write that was preempted, or waited for the page cache, would
+//! otherwise space the next one seconds away and widen what a crash re-sends (the kill -9 storm
+//! test saw 3 s). After a failed write (disk full) the next try waits `interval`, so a broken
+//! disk costs one error line a second, not one per batch.
 
 pub mod store;
 
@@ -59,7 +61,8 @@ pub struct Positions {
     dirty: bool,
     failing: bool,
     last_write: Instant,
-    last_write_took: Duration,
+    /// CPU time the last write took on the sender's thread.
+    last_write_cpu: Duration,
     interval: Duration,
     /// Started at the first plain write.
     syncer: Option<Arc<Syncer>>,
@@ -147,7 +150,7 @@ impl Positions {
             dirty: false,
             failing: false,
             last_write: Instant::now(),
-            last_write_took: Duration::ZERO,
+            last_write_cpu: Duration::ZERO,
             interval,
             syncer: None,
         }
@@ -239,7 +242,7 @@ impl Positions {
         let spacing = if self.failing {
             self.interval
         } else {
-            self.last_write_took * 10
+            (self.last_write_cpu * 10).min(self.interval)
         };
         if self.dirty && self.last_write.elapsed() >= spacing {
             self.write(false);
@@ -255,14 +258,14 @@ impl Positions {
 
     /// Errors are logged loudly and counted; the previous file stays intact.
     fn write(&mut self, durable: bool) {
-        let started = Instant::now();
+        let cpu_before = thread_cpu();
         let result = {
             let mut files: Vec<&FilePos> = self.files.values().collect();
             files.sort_by(|a, b| a.path.cmp(&b.path));
             store::save(&self.dir, &files, self.journal_cursor.as_deref(), durable)
         };
         self.last_write = Instant::now();
-        self.last_write_took = started.elapsed();
+        self.last_write_cpu = thread_cpu().saturating_sub(cpu_before);
         match result {
             Ok(()) => {
                 self.dirty = false;
@@ -303,6 +306,22 @@ impl Positions {
             s.request();
         }
     }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which is plain data.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 #[cfg(test)]
@@ -362,7 +381,7 @@ mod tests {
         assert_eq!(on_disk(dir.path()), 10);
         // Well within the interval: written again, not held back (past the spacing, ten times
         // what a write takes: well under a millisecond here).
-        std::thread::sleep(p.last_write_took * 10);
+        std::thread::sleep(p.last_write_cpu * 10);
         p.apply(&adv(1, 10, 25, AdvanceKind::Continue));
         p.maybe_save();
         assert_eq!(on_disk(dir.path()), 25);

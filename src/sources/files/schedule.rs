@@ -246,6 +246,9 @@ impl Tailer {
     fn process(&mut self, fi: usize, slot: usize, n: usize, stop: &Stop) -> Turn {
         let t = &mut self.files[fi];
         let mut chunk = self.ring.chunk(t.labels.clone());
+        // Room for the lines and their metadata values up front: grown by doubling, a full read
+        // (128 KiB) plus a few bytes of levels would leave a 256 KiB buffer in every pooled chunk.
+        chunk.data.reserve(n + n / 16);
         let before = self.proc.counts;
         let offset = t.read_offset;
         t.consume(

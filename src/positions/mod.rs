@@ -71,9 +71,16 @@ pub struct Positions {
 /// Asks the syncer thread for an fsync of the positions file.
 #[derive(Default)]
 struct Syncer {
-    /// (a write waits for its fsync, the owner is gone)
-    state: Mutex<(bool, bool)>,
+    state: Mutex<SyncState>,
     wake: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// A write waits for its fsync.
+    requested: bool,
+    /// The owner is gone: the thread ends.
+    closed: bool,
 }
 
 impl Syncer {
@@ -86,17 +93,17 @@ impl Syncer {
         Ok(syncer)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn request(&self) {
-        self.lock().0 = true;
+        self.lock().requested = true;
         self.wake.notify_one();
     }
 
     fn close(&self) {
-        self.lock().1 = true;
+        self.lock().closed = true;
         self.wake.notify_one();
     }
 
@@ -105,13 +112,13 @@ impl Syncer {
         loop {
             {
                 let mut st = self.lock();
-                while !st.0 && !st.1 {
+                while !st.requested && !st.closed {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
-                if st.1 {
+                if st.closed {
                     return;
                 }
-                st.0 = false;
+                st.requested = false;
             }
             if let Err(e) = store::sync(dir) {
                 METRICS.positions_errors.inc();

@@ -12,7 +12,7 @@
 //! | `E2E_CORES`    | unset      | instead of `E2E_THREADS`: numbers of cores to pin ringtail to (the last ones of this process's CPUs), with as many tailers: the scaling curve |
 //! | `E2E_IO`       | `auto`     | `tail.io`: `auto`, `pread`, `io_uring`, or `both` (pread and io_uring) |
 //! | `E2E_TIMEOUT`  | 120        | seconds to wait for every line of one run                      |
-//! | `E2E_LOKI_MS`  | 0          | receiver's delay before each answer (a real Loki's latency)    |
+//! | `E2E_DELAY_MS` | 0          | receiver's delay before each answer (a real Loki's latency); a list (`0,20,50,100`) runs each in turn, run by run, and prints each delay's ratios to the first |
 //! | `E2E_DIR`      | temp dir   | where the tree is generated (on the disk to measure)           |
 //! | `E2E_SEED`     | 1          | generator seed                                                 |
 //! | `E2E_KEEP`     | unset      | `1`: keep the generated tree and print its path                |
@@ -38,7 +38,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -79,7 +79,8 @@ struct Settings {
     pin: bool,
     io: Vec<String>,
     timeout: Duration,
-    loki_delay: Duration,
+    /// Receiver delays before each answer, taking turns run by run.
+    delays: Vec<Duration>,
     dir: Option<PathBuf>,
     seed: u64,
     keep: bool,
@@ -140,7 +141,16 @@ impl Settings {
             pin: var == "E2E_CORES",
             io,
             timeout: Duration::from_secs(env_or("E2E_TIMEOUT", 120)),
-            loki_delay: Duration::from_millis(env_or("E2E_LOKI_MS", 0)),
+            delays: env_or("E2E_DELAY_MS", "0".to_string())
+                .split(',')
+                .map(|d| match d.trim().parse() {
+                    Ok(ms) => Duration::from_millis(ms),
+                    Err(_) => {
+                        eprintln!("e2e: E2E_DELAY_MS: {d:?} is not a number of milliseconds");
+                        std::process::exit(2)
+                    }
+                })
+                .collect(),
             dir: std::env::var_os("E2E_DIR").map(PathBuf::from),
             seed: env_or("E2E_SEED", 1),
             keep: env_or("E2E_KEEP", 0u8) == 1,
@@ -265,6 +275,9 @@ struct Shared {
     stop: AtomicBool,
     /// Delay before each answer.
     delay: Duration,
+    /// Requests being answered now, and the most at once: the concurrency ringtail reached.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     /// Bodies answered and waiting to be decoded, with when they were read.
     bodies: Mutex<Option<mpsc::Sender<Body>>>,
     /// Latency mode: when each line was written, and each line's latency in µs.
@@ -318,6 +331,8 @@ impl Receiver {
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
             delay,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             bodies: Mutex::new(None),
             written,
             latencies: Mutex::new(Vec::new()),
@@ -483,10 +498,13 @@ fn serve(conn: TcpStream, shared: &Shared) {
             return;
         }
         let at = Instant::now();
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if !shared.delay.is_zero() {
             thread::sleep(shared.delay);
         }
         let answered = writer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         if bodies.send((at, body)).is_err() || answered.is_err() || close {
             return;
         }
@@ -662,6 +680,8 @@ struct RunResult {
     requests: u64,
     bad_requests: u64,
     body_bytes: u64,
+    /// Most requests the receiver was answering at once.
+    max_in_flight: usize,
     exit: Option<ExitStatus>,
     /// Latency mode: each line's latency in µs.
     latencies: Vec<u32>,
@@ -719,15 +739,22 @@ fn kube_api(tree: &Tree) -> FakeKubeApi {
     api
 }
 
+/// What one run varies: tailer threads (or cores), `tail.io` and the receiver's delay.
+struct Case<'a> {
+    threads: usize,
+    io: &'a str,
+    delay: Duration,
+}
+
 fn run_once(
     bin: &Path,
     tree: &Tree,
     work: &Path,
-    threads: usize,
-    io: &str,
+    case: &Case,
     kube: Option<&FakeKubeApi>,
     s: &Settings,
 ) -> RunResult {
+    let Case { threads, io, delay } = *case;
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).expect("create run dir");
     let kubeconfig = work.join("kubeconfig");
@@ -749,9 +776,9 @@ fn run_once(
             }
             // Generous: the shortest generated lines are longer than 40 bytes.
             let capacity = (s.rate * s.write_for.as_secs_f64() / 40.0) as u64;
-            Receiver::start(u64::MAX, capacity, s.loki_delay, Some(w.clone()))
+            Receiver::start(u64::MAX, capacity, delay, Some(w.clone()))
         }
-        None => Receiver::start(tree.lines, 0, s.loki_delay, None),
+        None => Receiver::start(tree.lines, 0, delay, None),
     };
     let config = work.join("ringtail.yaml");
     let metrics_port = free_port();
@@ -844,6 +871,7 @@ fn run_once(
         requests: c.requests,
         bad_requests: c.bad_requests,
         body_bytes: c.body_bytes,
+        max_in_flight: receiver.shared.max_in_flight.load(Ordering::SeqCst),
         exit,
         latencies,
     }
@@ -1004,6 +1032,7 @@ fn summarize(title: &str, results: &[RunResult], threads: usize, snappy_mb_s: f6
          receiver CPU-s  {}\n    \
          ÷ snappy alone  {} (snappy alone {:.0} MB/s)\n    \
          busiest threads {} (CPU-s ÷ wall-s, median)\n    \
+         pushes at once  {} (most the receiver answered at the same time)\n    \
          lost {}  duplicates {}",
         results.len(),
         spread(&mb_s),
@@ -1016,6 +1045,7 @@ fn summarize(title: &str, results: &[RunResult], threads: usize, snappy_mb_s: f6
         spread(&ratio),
         snappy_mb_s,
         busiest_summary(results),
+        spread(&col(|r| r.max_in_flight as f64)),
         results.iter().map(|r| r.lost).sum::<u64>(),
         results.iter().map(|r| r.dups).sum::<u64>(),
     )
@@ -1119,10 +1149,10 @@ fn main() {
         tmp.path().display()
     );
     println!("e2e: line mix: {}", mix.join(", "));
-    if !s.loki_delay.is_zero() {
+    if s.delays.iter().any(|d| !d.is_zero()) {
         println!(
-            "e2e: the receiver answers each push after {:?}",
-            s.loki_delay
+            "e2e: the receiver answers each push after {:?} (taking turns run by run)",
+            s.delays
         );
     }
 
@@ -1140,93 +1170,106 @@ fn main() {
     for &kube in &s.kube {
         for io in &s.io {
             for &threads in &s.threads {
-                // Binaries take turns run by run, so drift on a shared machine hits them alike.
-                let mut results: Vec<Vec<RunResult>> = s.bins.iter().map(|_| Vec::new()).collect();
+                // Binaries and delays take turns run by run, so drift on a shared machine
+                // hits them alike. `results[d][b]`: delay d, binary b.
+                let mut results: Vec<Vec<Vec<RunResult>>> = s
+                    .delays
+                    .iter()
+                    .map(|_| s.bins.iter().map(|_| Vec::new()).collect())
+                    .collect();
                 let k = if kube { " kube=on" } else { "" };
-                for r in 0..s.runs {
-                    for (b, (name, bin)) in s.bins.iter().enumerate() {
-                        let work = tmp
-                            .path()
-                            .join(format!("run-{io}-{threads}-{kube}-{r}-{b}"));
-                        let res = run_once(
-                            bin,
-                            &tree,
-                            &work,
-                            threads,
-                            io,
-                            api.as_ref().filter(|_| kube),
-                            &s,
-                        );
-                        let n = if name.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {name}")
-                        };
-                        println!(
-                    "  {what}={threads} io={io}{k}{n} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, \
-                     CPU {:.2} s = {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, with app {}, \
-                     {} pushes ({:.1} MiB snappy, {} undecodable), receiver CPU {:.2} s, ringtail pid {}",
-                    r + 1,
-                    s.runs,
-                    res.secs,
-                    res.mb_s,
-                    res.lines_s,
-                    res.cpu_s,
-                    res.cpu_s_per_gb,
-                    res.rss_mib,
-                    res.lost,
-                    res.dups,
-                    res.unknown,
-                    res.with_app,
-                    res.requests,
-                    res.body_bytes as f64 / (1 << 20) as f64,
-                    res.bad_requests,
-                    res.receiver_cpu_s,
-                    res.pid,
-                );
-                        if res.lost > 0 {
-                            failed = true;
-                        }
-                        if !res.exit.is_some_and(|e| e.success()) {
-                            eprintln!("e2e: ringtail exited with {:?}", res.exit);
-                            failed = true;
-                        }
-                        let _ = fs::remove_dir_all(&work);
-                        results[b].push(res);
-                    }
-                }
-                for (b, (name, _)) in s.bins.iter().enumerate() {
+                let label = |d: usize, name: &str| {
                     let n = if name.is_empty() {
                         String::new()
                     } else {
                         format!(" {name}")
                     };
-                    let mut line = summarize(
-                        &format!("{what}={threads} io={io}{k}{n}"),
-                        &results[b],
-                        threads,
-                        snappy_mb_s,
-                    );
-                    if s.rate > 0.0 {
-                        line.push_str(&latency_summary(&results[b]));
+                    let delay = if s.delays.len() > 1 || !s.delays[d].is_zero() {
+                        format!(" delay={}ms", s.delays[d].as_millis())
+                    } else {
+                        String::new()
+                    };
+                    format!("{what}={threads} io={io}{k}{delay}{n}")
+                };
+                for r in 0..s.runs {
+                    for (d, &delay) in s.delays.iter().enumerate() {
+                        for (b, (name, bin)) in s.bins.iter().enumerate() {
+                            let work = tmp
+                                .path()
+                                .join(format!("run-{io}-{threads}-{kube}-{r}-{d}-{b}"));
+                            let res = run_once(
+                                bin,
+                                &tree,
+                                &work,
+                                &Case { threads, io, delay },
+                                api.as_ref().filter(|_| kube),
+                                &s,
+                            );
+                            println!(
+                                "  {} run {}/{}: {:.2} s, {:.1} MB/s, {:.0} lines/s, CPU {:.2} s = \
+                                 {:.2} CPU-s/GB, peak RSS {:.1} MiB, lost {}, dup {}, unknown {}, \
+                                 with app {}, {} pushes ({:.1} MiB snappy, {} undecodable, at \
+                                 most {} at once), receiver CPU {:.2} s, ringtail pid {}",
+                                label(d, name),
+                                r + 1,
+                                s.runs,
+                                res.secs,
+                                res.mb_s,
+                                res.lines_s,
+                                res.cpu_s,
+                                res.cpu_s_per_gb,
+                                res.rss_mib,
+                                res.lost,
+                                res.dups,
+                                res.unknown,
+                                res.with_app,
+                                res.requests,
+                                res.body_bytes as f64 / (1 << 20) as f64,
+                                res.bad_requests,
+                                res.max_in_flight,
+                                res.receiver_cpu_s,
+                                res.pid,
+                            );
+                            if res.lost > 0 {
+                                failed = true;
+                            }
+                            if !res.exit.is_some_and(|e| e.success()) {
+                                eprintln!("e2e: ringtail exited with {:?}", res.exit);
+                                failed = true;
+                            }
+                            let _ = fs::remove_dir_all(&work);
+                            results[d][b].push(res);
+                        }
                     }
-                    if b > 0 {
-                        // Run by run against the first binary: the pairs ran side by side.
-                        let pair = |f: fn(&RunResult) -> f64| -> Vec<f64> {
-                            results[b]
-                                .iter()
-                                .zip(&results[0])
-                                .map(|(x, y)| f(x) / f(y))
-                                .collect()
+                }
+                for (d, by_bin) in results.iter().enumerate() {
+                    for (b, (name, _)) in s.bins.iter().enumerate() {
+                        let mut line = summarize(&label(d, name), &by_bin[b], threads, snappy_mb_s);
+                        if s.rate > 0.0 {
+                            line.push_str(&latency_summary(&by_bin[b]));
+                        }
+                        // Run by run against a reference that ran side by side with it.
+                        let pair = |of: &[RunResult], f: fn(&RunResult) -> f64| -> Vec<f64> {
+                            by_bin[b].iter().zip(of).map(|(x, y)| f(x) / f(y)).collect()
                         };
-                        line.push_str(&format!(
-                            "\n    ÷ {}: MB/s {}, CPU-s/GB {}",
-                            s.bins[0].0,
-                            spread(&pair(|r| r.mb_s)),
-                            spread(&pair(|r| r.cpu_s_per_gb))
-                        ));
+                        if b > 0 {
+                            line.push_str(&format!(
+                                "\n    ÷ {}: MB/s {}, CPU-s/GB {}",
+                                s.bins[0].0,
+                                spread(&pair(&by_bin[0], |r| r.mb_s)),
+                                spread(&pair(&by_bin[0], |r| r.cpu_s_per_gb))
+                            ));
+                        }
+                        if d > 0 {
+                            line.push_str(&format!(
+                                "\n    ÷ delay={}ms: MB/s {}, CPU-s/GB {}",
+                                s.delays[0].as_millis(),
+                                spread(&pair(&results[0][b], |r| r.mb_s)),
+                                spread(&pair(&results[0][b], |r| r.cpu_s_per_gb))
+                            ));
+                        }
+                        summary.push(line);
                     }
-                    summary.push(line);
                 }
             }
         }

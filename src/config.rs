@@ -56,6 +56,12 @@ pub struct Loki {
     pub batch: Batch,
     pub retry: Retry,
     pub max_line_size: Size,
+    /// Pushes in flight at once: the adaptive limit's ceiling (`sink::concurrency`), and the
+    /// number of lanes streams are spread over.
+    pub max_in_flight: usize,
+    /// Where the adaptive limit starts, and its floor; equal to `max_in_flight`: a fixed
+    /// concurrency.
+    pub min_in_flight: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -262,6 +268,8 @@ impl Default for Loki {
             batch: Batch::default(),
             retry: Retry::default(),
             max_line_size: Size(256 << 10),
+            max_in_flight: 32,
+            min_in_flight: 1,
         }
     }
 }
@@ -451,6 +459,19 @@ impl Config {
             return fail(
                 "loki.retry.min_backoff",
                 "must be more than 0 and at most loki.retry.max_backoff".into(),
+            );
+        }
+        if self.loki.max_in_flight == 0 || self.loki.max_in_flight > 256 {
+            return fail(
+                "loki.max_in_flight",
+                "must be between 1 and 256, e.g. 32 (1: one push at a time)".into(),
+            );
+        }
+        if self.loki.min_in_flight == 0 || self.loki.min_in_flight > self.loki.max_in_flight {
+            return fail(
+                "loki.min_in_flight",
+                "must be at least 1 and at most loki.max_in_flight (equal: a fixed concurrency)"
+                    .into(),
             );
         }
         if self.loki.max_line_size.0 < 1024 || self.loki.max_line_size.0 > (64 << 20) {

@@ -325,4 +325,12 @@ impl Chunk {
     pub fn size(&self) -> usize {
         self.data.len()
     }
+
+    /// Memory the chunk holds: its buffers' capacities (a pooled chunk keeps the capacity of
+    /// its largest read), for bounds on what the writer keeps.
+    pub fn footprint(&self) -> usize {
+        self.data.capacity()
+            + self.entries.capacity() * std::mem::size_of::<EntryRec>()
+            + self.meta.capacity() * std::mem::size_of::<(MetaKey, MetaVal)>()
+    }
 }

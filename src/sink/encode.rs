@@ -162,6 +162,58 @@ impl Encoder {
     }
 }
 
+/// One half of a push that a size limit refused (413): its snappy body and its entry count.
+pub struct Half {
+    pub body: Vec<u8>,
+    pub entries: u64,
+}
+
+/// Cuts a sealed push (snappy `PushRequest`) in two at its middle entry, streams and entries in
+/// their order: the first half holds the earlier entries of every stream it shares with the
+/// second, so sending the halves in turn keeps per-stream order. Rare (a proxy's body limit
+/// below `loki.batch.max_bytes`), so it decodes with prost rather than keeping the chunks of
+/// every batch in flight. Err when the body holds fewer than two entries (nothing to cut) or
+/// does not decode, which cannot happen for a body ringtail sealed.
+pub fn split_in_two(body: &[u8]) -> Result<[Half; 2], String> {
+    use prost::Message;
+
+    use super::proto::PushRequest;
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| format!("snappy: {e}"))?;
+    let req = PushRequest::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    let total: usize = req.streams.iter().map(|s| s.entries.len()).sum();
+    if total < 2 {
+        return Err(format!("{total} entries"));
+    }
+    let mut first = PushRequest::default();
+    let mut second = PushRequest::default();
+    let mut left = total / 2;
+    for mut stream in req.streams {
+        if left >= stream.entries.len() {
+            left -= stream.entries.len();
+            first.streams.push(stream);
+        } else if left == 0 {
+            second.streams.push(stream);
+        } else {
+            let rest = stream.entries.split_off(left);
+            left = 0;
+            let mut tail = stream.clone();
+            tail.entries = rest;
+            first.streams.push(stream);
+            second.streams.push(tail);
+        }
+    }
+    let half = |r: PushRequest| {
+        let entries = r.streams.iter().map(|s| s.entries.len() as u64).sum();
+        snap::raw::Encoder::new()
+            .compress_vec(&r.encode_to_vec())
+            .map(|body| Half { body, entries })
+            .map_err(|e| format!("snappy: {e}"))
+    };
+    Ok([half(first)?, half(second)?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +243,55 @@ mod tests {
             });
         }
         c
+    }
+
+    #[test]
+    fn a_split_keeps_every_entry_once_and_each_streams_order() {
+        let lines: Vec<(i64, String)> = (0..7).map(|i| (i, format!("a{i}"))).collect();
+        let a: Vec<Line> = lines
+            .iter()
+            .map(|(t, l)| (*t, l.as_str(), &[][..]))
+            .collect();
+        let chunks = vec![
+            chunk("a", &a[..5]),
+            chunk("b", &[(9, "b0", &[])]),
+            chunk("a", &a[5..]),
+        ];
+        let mut raw = Vec::new();
+        Encoder::default().encode(&chunks, &mut raw);
+        let body = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+        let [x, y] = split_in_two(&body).unwrap();
+        assert_eq!((x.entries, y.entries), (4, 4));
+        let decode = |h: &Half| {
+            let raw = snap::raw::Decoder::new().decompress_vec(&h.body).unwrap();
+            PushRequest::decode(raw.as_slice())
+                .unwrap()
+                .streams
+                .into_iter()
+                .flat_map(|s| {
+                    s.entries
+                        .into_iter()
+                        .map(move |e| (s.labels.clone(), e.line))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut got = decode(&x);
+        got.extend(decode(&y));
+        let want: Vec<(String, String)> = (0..7)
+            .map(|i| ("{pod=\"a\"}".to_string(), format!("a{i}")))
+            .chain([("{pod=\"b\"}".to_string(), "b0".to_string())])
+            .collect();
+        assert_eq!(got, want);
+        // One entry cannot be cut; junk is an error, not a panic.
+        let one = snap::raw::Encoder::new()
+            .compress_vec(&{
+                let mut r = Vec::new();
+                Encoder::default().encode(&[chunk("a", &a[..1])], &mut r);
+                r
+            })
+            .unwrap();
+        assert!(split_in_two(&one).is_err());
+        assert!(split_in_two(b"not snappy").is_err());
     }
 
     #[test]

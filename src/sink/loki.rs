@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
 
@@ -15,10 +15,12 @@ use crate::telemetry::metrics::METRICS;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
-    /// 429, 5xx, or no answer (status -1).
+    /// 429, 5xx, or no answer (status -1); `retry_after` from Loki's (or a gateway's)
+    /// `Retry-After` header.
     Retry {
         status: i32,
         reason: String,
+        retry_after: Option<Duration>,
     },
     /// Any other status: retrying cannot help.
     Reject {
@@ -63,6 +65,13 @@ impl LokiClient {
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout.0))
+            // One kept connection per push that may be in flight: no handshake per request.
+            .max_idle_connections(cfg.max_in_flight.max(1))
+            .max_idle_connections_per_host(cfg.max_in_flight.max(1))
+            // Per connection (ureq's defaults are 128 KiB each): Loki's answers are a few
+            // hundred bytes, and bodies go out through the output buffer in 64 KiB writes.
+            .input_buffer_size(16 << 10)
+            .output_buffer_size(64 << 10)
             .http_status_as_error(false)
             .user_agent(concat!("ringtail/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
@@ -110,7 +119,13 @@ impl LokiClient {
     pub fn push(&self, body: &[u8], limit: Option<std::time::Duration>) -> Outcome {
         let auth = match self.authorization() {
             Ok(a) => a,
-            Err(reason) => return Outcome::Retry { status: -1, reason },
+            Err(reason) => {
+                return Outcome::Retry {
+                    status: -1,
+                    reason,
+                    retry_after: None,
+                }
+            }
         };
         let mut req = self
             .agent
@@ -134,10 +149,16 @@ impl LokiClient {
                 Outcome::Retry {
                     status: -1,
                     reason: e.to_string(),
+                    retry_after: None,
                 },
             ),
             Ok(mut resp) => {
                 let code = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, crate::timefmt::now_ns()));
                 let mut text = String::new();
                 let _ = resp
                     .body_mut()
@@ -150,6 +171,7 @@ impl LokiClient {
                     429 | 500..=599 => Outcome::Retry {
                         status: i32::from(code),
                         reason,
+                        retry_after,
                     },
                     _ => Outcome::Reject {
                         status: code,
@@ -169,6 +191,32 @@ impl LokiClient {
             .observe(started.elapsed().as_secs_f64());
         outcome
     }
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`) taken against `now_ns`. None when it is neither.
+fn parse_retry_after(v: &str, now_ns: i64) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // IMF-fixdate: day-name "," SP day SP month SP year SP hh:mm:ss SP "GMT".
+    let mut f = v.split_once(", ")?.1.split(' ');
+    let (day, month, year, time, zone) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|&n| n == month)? as i64 + 1;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if zone != "GMT" || f.next().is_some() || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let days = crate::timefmt::days_from_civil(year.parse().ok()?, m, day.parse().ok()?);
+    let at_ns = (days * 86_400 + h * 3600 + mi * 60 + s).checked_mul(1_000_000_000)?;
+    Some(Duration::from_nanos(
+        at_ns.saturating_sub(now_ns).max(0) as u64
+    ))
 }
 
 /// `host:port` of a URL, for metric labels.
@@ -207,6 +255,36 @@ mod tests {
             "loki.loki.svc.cluster.local:3100"
         );
         assert_eq!(host_of("https://u:p@gw/loki/api/v1/push"), "gw");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = crate::timefmt::days_from_civil(1994, 11, 6) * 86_400 * 1_000_000_000
+            + (8 * 3600 + 49 * 60 + 7) * 1_000_000_000;
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date in the past: retry at once.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,17 +1,32 @@
 //! The writer: takes chunks off the ring, batches them, and sends each batch to Loki (or
 //! stdout); only then are their positions applied.
 //!
-//! The batcher cuts a batch when the next chunk would take it past `batch.max_bytes`, when it
-//! is `batch.max_wait` old, or at once when every source is idle (a quiet node gets its lines
-//! with low latency), and numbers it. Sealers, as many as tailer threads, encode and compress
-//! batches side by side: snappy is the largest cost of the whole pipeline (see BENCHMARKS.md),
-//! and one thread doing it capped throughput below what the tailers read. The sender puts the
-//! sealed batches back in their order, pushes each, retrying as long as it takes, and applies
-//! its positions. So batches are compressed while the last one is on the wire, and still only
-//! one request is in flight, in the order batches were cut: per-stream order holds. While the
-//! sender retries, the sealers' hand-offs fill, the batcher stops taking from the ring, the ring
-//! fills, and the tailers pause.
+//! Lanes. Streams are spread over `loki.max_in_flight` lanes, as Alloy's and Prometheus'
+//! remote-write shards spread series: a chunk's lane is a hash of its container's directory
+//! (pod and RKE2 files: every file of one stream, rotated ones too, and a file whose labels
+//! change, stay in one lane) or of its source (the journal, Events: one lane each, since one of
+//! their chunks holds many streams and one position). Each lane has its own open batch and
+//! pushes its batches one at a time, in the order they were cut. So the entries of a stream
+//! reach Loki in order (a Loki with `unordered_writes: false` takes every line), and a file's
+//! positions are acked in order; up to `max_in_flight` pushes overlap across lanes, as many as
+//! `sink::concurrency` allows.
+//!
+//! The batcher cuts a lane's batch when the next chunk would take it past `batch.max_bytes`,
+//! when it is `batch.max_wait` old, or at once when every source is idle (a quiet node gets its
+//! lines with low latency), and numbers it. The open batches of all lanes together hold at most
+//! half the lanes' worth of `batch.max_bytes` in memory (chunk capacities, not only line
+//! bytes); past that the largest is cut early, so memory does not grow with the lane count. Sealers, as many as tailer threads, encode and
+//! compress batches side by side: snappy is the largest cost of the whole pipeline (see
+//! BENCHMARKS.md). For Loki they then give the chunks back to the tailers and keep only the
+//! compressed body and the positions, so what is in flight costs its compressed size. The
+//! sender puts sealed batches back in their order, hands each to its lane's pusher thread, and
+//! applies the positions of every batch acked, which continue their files' positions since a
+//! file stays in one lane. A batch that keeps failing holds back its lane's files and nothing
+//! else; a crash re-sends at most the batches in flight. Sealed batches not yet acked are
+//! bounded (`max_in_flight` plus one per sealer): past that, the sender stops taking from the sealers, the
+//! batcher stops taking from the ring, the ring fills, and the tailers pause.
 
+pub mod concurrency;
 pub mod encode;
 pub mod loki;
 pub mod proto;
@@ -19,6 +34,7 @@ pub mod retry;
 pub mod stdout;
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +42,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config;
-use crate::entry::Chunk;
+use crate::entry::{Advance, Chunk, Fingerprint};
 use crate::positions::Positions;
 use crate::ring::{Recycler, RingRx};
 use crate::shutdown::Stop;
 use crate::telemetry::metrics::{with_reason, writer_labels, METRICS};
 use crate::telemetry::tap::{Filter, TAP};
+use concurrency::{Answer, Limiter};
 use loki::{LokiClient, Outcome};
-use retry::Backoff;
 
 /// Where batches go.
 pub enum Output {
@@ -57,19 +73,27 @@ pub struct Progress {
 /// A batch as the batcher cut it; `seq` numbers batches from 0 in the order they were cut.
 struct Cut {
     seq: u64,
+    lane: usize,
     chunks: Vec<Chunk>,
     entries: u64,
 }
 
-/// A batch ready to send: its chunks (for the positions and the stdout sink) and, for Loki, the
-/// compressed `PushRequest` in `body[..len]` (the buffer is reused and kept at its largest size,
-/// so it is not zero-filled again for every batch).
+/// A batch ready to send: its positions, the compressed `PushRequest` in `body` for Loki (the
+/// buffer is reused), and for stdout its chunks (for Loki they are recycled once sealed).
 struct Sealed {
     seq: u64,
+    lane: usize,
     chunks: Vec<Chunk>,
+    advances: Vec<Advance>,
     body: Vec<u8>,
-    len: usize,
     entries: u64,
+}
+
+/// A lane's answer for one batch: stored or dropped on purpose (its positions may be applied),
+/// or not (ringtail stopped first).
+struct Acked {
+    batch: Sealed,
+    delivered: bool,
 }
 
 /// Hands `item` to `tx`, waiting while it is full; gives it back if the stop deadline passes or
@@ -97,8 +121,22 @@ fn drop_unsent(recycler: &Recycler, chunks: Vec<Chunk>) {
     }
 }
 
-/// Starts the batcher, `sealers` sealers and the sender; they end when every source has hung
-/// up (or the stop deadline passes), the sender after committing positions.
+/// The lane of a chunk (see the module doc): its file's directory, else its source.
+fn lane_of(chunk: &Chunk, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let key: &[u8] = match &chunk.advance {
+        Some(Advance::File(f)) => f.path.parent().unwrap_or(&f.path).as_os_str().as_bytes(),
+        Some(a) => a.source().as_bytes(),
+        None => chunk.labels[0].rendered().as_bytes(),
+    };
+    (Fingerprint::of(key).hash % lanes as u64) as usize
+}
+
+/// Starts the batcher, `sealers` sealers, the sender and (for Loki) `loki.max_in_flight`
+/// pushers; they end when every source has hung up (or the stop deadline passes), the sender
+/// after committing positions.
 pub fn start(
     rx: RingRx,
     output: Output,
@@ -117,11 +155,16 @@ pub fn start(
         .last_ack
         .store(crate::positions::store::unix_now(), Ordering::Relaxed);
     let sealers = sealers.max(1);
+    let lanes = match output {
+        Output::Loki(_) => cfg.max_in_flight.max(1),
+        Output::Stdout | Output::Tap(_) => 1,
+    };
     let (cut_tx, cut_rx) = crossbeam_channel::bounded(1);
     // One slot is enough: the sender drains it into `waiting` while it looks for the next
     // batch, so a sealer ahead of its turn never blocks the one that is due.
     let (sealed_tx, sealed_rx) = crossbeam_channel::bounded(1);
-    let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(sealers + 2);
+    let outstanding_max = lanes + sealers;
+    let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(sealers + outstanding_max);
     let recycler = rx.recycler();
     let batcher = Batcher {
         recycler: recycler.clone(),
@@ -130,25 +173,59 @@ pub fn start(
         next_seq: 0,
         max_bytes: cfg.batch.max_bytes.0 as usize,
         max_wait: cfg.batch.max_wait.0,
-        batch: Vec::new(),
-        batch_bytes: 0,
-        batch_started: Instant::now(),
+        open: (0..lanes).map(|_| Open::default()).collect(),
+        open_bytes: 0,
+        open_budget: (cfg.batch.max_bytes.0 as usize).saturating_mul(lanes.div_ceil(2)),
     };
     let compress = matches!(output, Output::Loki(_));
+    let mut threads = Vec::with_capacity(sealers + lanes + 2);
+    let metric_labels = writer_labels(&host, &tenant);
+    let (acks_tx, acks_rx) = crossbeam_channel::unbounded();
+    let mut lane_txs = Vec::new();
+    let stdout = match output {
+        Output::Loki(client) => {
+            let pusher = Arc::new(Pusher {
+                client,
+                limiter: Limiter::new(
+                    cfg.min_in_flight,
+                    cfg.max_in_flight,
+                    cfg.retry.min_backoff.0,
+                    cfg.retry.max_backoff.0,
+                ),
+                max_retries: cfg.retry.max_retries,
+                progress: progress.clone(),
+                metric_labels: metric_labels.clone(),
+            });
+            for i in 0..lanes {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                lane_txs.push(tx);
+                let (p, acks, s) = (pusher.clone(), acks_tx.clone(), stop.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("push-{i}"))
+                        .spawn(move || p.run_lane(&rx, &acks, &s))?,
+                );
+            }
+            None
+        }
+        Output::Stdout => Some(None),
+        Output::Tap(f) => Some(Some(f)),
+    };
+    drop(acks_tx);
     let sender = SenderLoop {
         sealed: sealed_rx,
         waiting: BTreeMap::new(),
         next_seq: 0,
         bodies: bodies_tx,
         recycler: recycler.clone(),
-        output,
+        stdout,
+        lanes: lane_txs,
+        acks: acks_rx,
+        outstanding: 0,
+        outstanding_max,
         positions,
-        retry: cfg.retry,
         progress,
-        metric_labels: writer_labels(&host, &tenant),
-        split: encode::Encoder::default(),
     };
-    let mut threads = Vec::with_capacity(sealers + 2);
     let s = stop.clone();
     threads.push(
         std::thread::Builder::new()
@@ -164,6 +241,7 @@ pub fn start(
             compress,
             encoder: encode::Encoder::default(),
             encoded: Vec::new(),
+            compressed: Vec::new(),
             snappy: snap::raw::Encoder::new(),
         };
         let s = stop.clone();
@@ -182,6 +260,16 @@ pub fn start(
     Ok(threads)
 }
 
+/// A lane's batch being filled.
+#[derive(Default)]
+struct Open {
+    chunks: Vec<Chunk>,
+    /// Line bytes (`batch.max_bytes` counts these) and memory held (the budget counts this).
+    bytes: usize,
+    footprint: usize,
+    started: Option<Instant>,
+}
+
 struct Batcher {
     rx: RingRx,
     recycler: Recycler,
@@ -189,62 +277,79 @@ struct Batcher {
     next_seq: u64,
     max_bytes: usize,
     max_wait: Duration,
-    batch: Vec<Chunk>,
-    batch_bytes: usize,
-    batch_started: Instant,
+    open: Vec<Open>,
+    /// Memory held by all open batches, and its bound: past it, the largest is cut early.
+    open_bytes: usize,
+    open_budget: usize,
 }
 
 impl Batcher {
     fn run(mut self, stop: &Stop) {
         loop {
-            let wait = if self.batch.is_empty() {
-                Duration::from_millis(100)
-            } else {
+            let oldest = self.open.iter().filter_map(|o| o.started).min();
+            let wait = oldest.map_or(Duration::from_millis(100), |t| {
                 self.max_wait
-                    .saturating_sub(self.batch_started.elapsed())
+                    .saturating_sub(t.elapsed())
                     .clamp(Duration::from_millis(1), Duration::from_millis(20))
-            };
+            });
             match self.rx.recv_timeout(wait) {
                 Ok(chunk) => {
                     METRICS
                         .process_duration
                         .observe(chunk.read_at.elapsed().as_secs_f64());
                     TAP.publish(&chunk);
-                    if !self.batch.is_empty() && self.batch_bytes + chunk.size() > self.max_bytes {
-                        self.cut(stop);
+                    let lane = lane_of(&chunk, self.open.len());
+                    let o = &self.open[lane];
+                    if !o.chunks.is_empty() && o.bytes + chunk.size() > self.max_bytes {
+                        self.cut(lane, stop);
                     }
-                    if self.batch.is_empty() {
-                        self.batch_started = Instant::now();
+                    if self.open_bytes + chunk.footprint() > self.open_budget {
+                        let largest = (0..self.open.len()).max_by_key(|&l| self.open[l].footprint);
+                        if let Some(l) = largest {
+                            self.cut(l, stop);
+                        }
                     }
-                    self.batch_bytes += chunk.size();
-                    self.batch.push(chunk);
+                    let o = &mut self.open[lane];
+                    o.started.get_or_insert_with(Instant::now);
+                    o.bytes += chunk.size();
+                    o.footprint += chunk.footprint();
+                    self.open_bytes += chunk.footprint();
+                    o.chunks.push(chunk);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if !self.batch.is_empty()
-                && (self.batch_started.elapsed() >= self.max_wait || self.rx.sources_idle())
-            {
-                self.cut(stop);
+            let idle = self.rx.sources_idle();
+            for lane in 0..self.open.len() {
+                if self.open[lane]
+                    .started
+                    .is_some_and(|t| idle || t.elapsed() >= self.max_wait)
+                {
+                    self.cut(lane, stop);
+                }
             }
             if stop.past_deadline() {
                 return;
             }
         }
-        self.cut(stop);
+        for lane in 0..self.open.len() {
+            self.cut(lane, stop);
+        }
     }
 
-    /// Hands the batch to a sealer (blocking while every sealer is busy and one batch waits).
-    fn cut(&mut self, stop: &Stop) {
-        if self.batch.is_empty() {
+    /// Hands a lane's batch to a sealer (blocking while every sealer is busy and one batch
+    /// waits).
+    fn cut(&mut self, lane: usize, stop: &Stop) {
+        let open = std::mem::take(&mut self.open[lane]);
+        if open.chunks.is_empty() {
             return;
         }
-        let chunks = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        let entries = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        self.open_bytes -= open.footprint;
+        let entries = open.chunks.iter().map(|c| c.entries.len() as u64).sum();
         let cut = Cut {
             seq: self.next_seq,
-            chunks,
+            lane,
+            chunks: open.chunks,
             entries,
         };
         self.next_seq += 1;
@@ -263,6 +368,8 @@ struct Sealer {
     compress: bool,
     encoder: encode::Encoder,
     encoded: Vec<u8>,
+    /// snappy's output, at its worst-case size, reused.
+    compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
 
@@ -285,32 +392,42 @@ impl Sealer {
         }
     }
 
-    fn seal(&mut self, cut: Cut) -> Sealed {
+    fn seal(&mut self, mut cut: Cut) -> Sealed {
         let mut body = self.bodies.try_recv().unwrap_or_default();
-        let mut len = 0;
+        body.clear();
         if self.compress && cut.entries > 0 {
             self.encoder.encode(&cut.chunks, &mut self.encoded);
             let need = snap::raw::max_compress_len(self.encoded.len());
-            if body.len() < need {
-                body.resize(need, 0);
+            if self.compressed.len() < need {
+                self.compressed.resize(need, 0);
             }
-            len = match self.snappy.compress(&self.encoded, &mut body) {
-                Ok(n) => n,
+            match self.snappy.compress(&self.encoded, &mut self.compressed) {
+                // Copied out at its size into a reused body: a body in flight costs what it
+                // holds (a third to a half of snappy's worst case), and up to max_in_flight of
+                // them wait for answers.
+                Ok(n) => body.extend_from_slice(&self.compressed[..n]),
                 Err(e) => {
                     // Cannot happen for in-memory input of this size; do not lose the batch
                     // silently if it does.
                     log::error!("snappy compression failed: {e}; the batch is sent uncompressed and Loki will reject it");
-                    body.clear();
                     body.extend_from_slice(&self.encoded);
-                    body.len()
                 }
-            };
+            }
+        }
+        let advances = cut
+            .chunks
+            .iter_mut()
+            .filter_map(|c| c.advance.take())
+            .collect();
+        if self.compress {
+            drop_unsent(&self.recycler, std::mem::take(&mut cut.chunks));
         }
         Sealed {
             seq: cut.seq,
+            lane: cut.lane,
             chunks: cut.chunks,
+            advances,
             body,
-            len,
             entries: cut.entries,
         }
     }
@@ -327,43 +444,61 @@ enum Sent {
     Stopped,
 }
 
+/// Puts sealed batches back in order, hands them to their lanes (or writes them to stdout), and
+/// applies the positions of those acked.
 struct SenderLoop {
     sealed: Receiver<Sealed>,
     /// Sealed ahead of their turn (another sealer was slower with an earlier batch).
     waiting: BTreeMap<u64, Sealed>,
-    /// The batch to push next.
+    /// The batch to dispatch next.
     next_seq: u64,
     bodies: Sender<Vec<u8>>,
     recycler: Recycler,
-    output: Output,
+    /// `Some` for stdout (with the tap's filter, if any): batches are written here, in order.
+    stdout: Option<Option<Filter>>,
+    /// For Loki: each lane's pusher.
+    lanes: Vec<Sender<Sealed>>,
+    acks: Receiver<Acked>,
+    /// Batches handed to the lanes and not acked yet.
+    outstanding: usize,
+    outstanding_max: usize,
     positions: Positions,
-    retry: config::Retry,
     progress: Arc<Progress>,
-    metric_labels: Vec<(&'static str, String)>,
-    /// For re-encoding halves of a batch a size limit refused (413); rarely used.
-    split: encode::Encoder,
 }
 
 impl SenderLoop {
     fn run(mut self, stop: &Stop) {
-        'run: loop {
-            match self.sealed.recv_timeout(Duration::from_millis(100)) {
-                Ok(batch) => {
-                    self.waiting.insert(batch.seq, batch);
-                    while let Some(batch) = self.waiting.remove(&self.next_seq) {
-                        self.next_seq += 1;
-                        self.deliver(batch, stop);
-                        self.positions.maybe_save();
-                        if stop.past_deadline() {
-                            break 'run;
+        let never = crossbeam_channel::never();
+        let mut sealers_done = false;
+        loop {
+            let sealed = if sealers_done || self.outstanding >= self.outstanding_max {
+                &never
+            } else {
+                &self.sealed
+            };
+            crossbeam_channel::select! {
+                recv(sealed) -> m => match m {
+                    Ok(batch) => {
+                        self.waiting.insert(batch.seq, batch);
+                        while let Some(batch) = self.waiting.remove(&self.next_seq) {
+                            self.next_seq += 1;
+                            self.dispatch(batch, stop);
+                            if stop.past_deadline() {
+                                break;
+                            }
                         }
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                    Err(_) => sealers_done = true,
+                },
+                recv(self.acks) -> m => {
+                    if let Ok(a) = m {
+                        self.acked(a);
+                    }
+                },
+                default(Duration::from_millis(100)) => {}
             }
             self.positions.maybe_save();
-            if stop.past_deadline() {
+            if stop.past_deadline() || (sealers_done && self.outstanding == 0) {
                 break;
             }
         }
@@ -372,83 +507,121 @@ impl SenderLoop {
         for (_, batch) in std::mem::take(&mut self.waiting) {
             drop_unsent(&self.recycler, batch.chunks);
         }
+        // The pushers end with their lanes; whatever they acked before that is committed.
+        self.lanes.clear();
+        while let Ok(a) = self.acks.try_recv() {
+            self.acked(a);
+        }
         self.positions.save();
     }
 
-    /// Sends one batch until it is stored or dropped on purpose, then commits its positions.
-    /// Gives up without committing if the stop deadline passes first.
-    fn deliver(&mut self, batch: Sealed, stop: &Stop) {
-        let delivered = if batch.entries == 0 {
-            true
-        } else {
+    fn dispatch(&mut self, batch: Sealed, stop: &Stop) {
+        if self.outstanding == 0 {
             self.progress
                 .pending_since
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
-            let ok = match &self.output {
-                Output::Stdout => write_stdout(&batch.chunks, None, stop),
-                Output::Tap(f) => write_stdout(&batch.chunks, Some(f), stop),
-                Output::Loki(_) => {
-                    match self.send_loki(&batch.body[..batch.len], batch.entries, stop) {
-                        Sent::Done => true,
-                        Sent::Stopped => false,
-                        Sent::TooLarge => self.send_split(&batch.chunks, stop),
-                    }
-                }
-            };
-            self.progress.pending_since.store(0, Ordering::Relaxed);
-            ok
-        };
-        for chunk in batch.chunks {
-            if delivered {
-                if let Some(a) = &chunk.advance {
-                    self.positions.apply(a);
-                }
-            }
-            self.recycler.recycle(chunk);
         }
+        self.outstanding += 1;
+        let Some(filter) = &self.stdout else {
+            let lane = batch.lane;
+            if let Err(e) = self.lanes[lane].send(batch) {
+                self.acked(Acked {
+                    batch: e.into_inner(),
+                    delivered: false,
+                });
+            }
+            return;
+        };
+        let delivered = batch.entries == 0 || write_stdout(&batch.chunks, filter.as_ref(), stop);
+        self.acked(Acked { batch, delivered });
+    }
+
+    /// Applies an acked batch's positions (continuing its files', since a file stays in one
+    /// lane) and recycles its buffers.
+    fn acked(&mut self, a: Acked) {
+        self.outstanding -= 1;
+        let Acked { batch, delivered } = a;
         if delivered {
+            for adv in &batch.advances {
+                self.positions.apply(adv);
+            }
             self.progress
                 .last_ack
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
         }
+        drop_unsent(&self.recycler, batch.chunks);
         let _ = self.bodies.try_send(batch.body);
+        let since = if self.outstanding == 0 {
+            0
+        } else {
+            crate::positions::store::unix_now()
+        };
+        self.progress.pending_since.store(since, Ordering::Relaxed);
+    }
+}
+
+/// What the lanes' pusher threads share: the client, the concurrency limit and the writer's
+/// backoff.
+struct Pusher {
+    client: LokiClient,
+    limiter: Limiter,
+    max_retries: u32,
+    progress: Arc<Progress>,
+    metric_labels: Vec<(&'static str, String)>,
+}
+
+impl Pusher {
+    /// One lane: its batches in order, one push at a time. Ends when the sender hangs up, or
+    /// at the stop deadline (the rest of the lane is then read again after the restart).
+    fn run_lane(&self, rx: &Receiver<Sealed>, acks: &Sender<Acked>, stop: &Stop) {
+        loop {
+            let batch = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => b,
+                Err(RecvTimeoutError::Timeout) => {
+                    if stop.past_deadline() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let delivered = batch.entries == 0
+                || match self.push(&batch.body, batch.entries, stop) {
+                    Sent::Done => true,
+                    Sent::Stopped => false,
+                    Sent::TooLarge => self.send_split(&batch.body, stop),
+                };
+            if acks.send(Acked { batch, delivered }).is_err() || !delivered {
+                return;
+            }
+        }
     }
 
-    /// A batch some size limit refused (413), sent again in halves, each half split again while
-    /// it is refused; one chunk (one read of one file) still refused is dropped and counted.
-    /// True once every part is stored or dropped; false when ringtail stops first.
-    fn send_split(&mut self, chunks: &[Chunk], stop: &Stop) -> bool {
-        let entries: u64 = chunks.iter().map(|c| c.entries.len() as u64).sum();
-        if chunks.len() < 2 {
-            log::error!(
-                "a push of {entries} entries from one read is still over the size limit of Loki \
-                 or of a proxy in front of it (413); dropped. Raise that limit (nginx: \
-                 client_max_body_size) above loki.batch.max_bytes"
-            );
-            let bytes = chunks.iter().map(|c| c.size() as u64).sum();
-            self.count_drop("ingester_error", entries, bytes);
-            return true;
-        }
-        let (a, b) = chunks.split_at(chunks.len() / 2);
+    /// A body some size limit refused (413), sent again in halves, each half split again while
+    /// it is refused; a single entry still refused is dropped and counted. True once every part
+    /// is stored or dropped; false when ringtail stops first.
+    fn send_split(&self, body: &[u8], stop: &Stop) -> bool {
+        let halves = match encode::split_in_two(body) {
+            Ok(h) => h,
+            Err(why) => {
+                log::error!(
+                    "a push of one entry is still over the size limit of Loki or of a proxy in \
+                     front of it (413; {why}); dropped. Raise that limit (nginx: \
+                     client_max_body_size) above loki.max_line_size"
+                );
+                self.count_drop("ingester_error", 1, body.len() as u64);
+                return true;
+            }
+        };
         log::warn!(
             "Loki or a proxy refused a push as too large (413); sending it again in two halves. \
              Lower loki.batch.max_bytes below that limit"
         );
-        for half in [a, b] {
-            let mut encoded = Vec::new();
-            self.split.encode(half, &mut encoded);
-            let body = match snap::raw::Encoder::new().compress_vec(&encoded) {
-                Ok(b) => b,
-                Err(e) => {
-                    log::error!("snappy compression failed: {e}; the part is dropped");
-                    continue;
-                }
-            };
-            let n: u64 = half.iter().map(|c| c.entries.len() as u64).sum();
-            let done = match self.send_loki(&body, n, stop) {
+        for half in halves {
+            let done = match self.push(&half.body, half.entries, stop) {
                 Sent::Done => true,
                 Sent::Stopped => false,
-                Sent::TooLarge => self.send_split(half, stop),
+                Sent::TooLarge => self.send_split(&half.body, stop),
             };
             if !done {
                 return false;
@@ -457,18 +630,29 @@ impl SenderLoop {
         true
     }
 
-    fn send_loki(&mut self, body: &[u8], entries: u64, stop: &Stop) -> Sent {
-        let Output::Loki(client) = &self.output else {
-            return Sent::Stopped;
-        };
+    /// Sends one body until it is stored or dropped on purpose, waiting for the concurrency
+    /// limit and the writer's backoff before each attempt.
+    fn push(&self, body: &[u8], entries: u64, stop: &Stop) -> Sent {
         let n = body.len() as u64;
-        let mut backoff = Backoff::new(self.retry.min_backoff.0, self.retry.max_backoff.0);
+        let mut attempts = 0u32;
         loop {
+            let Some(permit) = self.limiter.acquire(stop) else {
+                return Sent::Stopped;
+            };
             let limit = stop.remaining().map(|r| r.max(Duration::from_millis(100)));
-            let outcome = client.push(body, limit);
+            let outcome = self.client.push(body, limit);
+            attempts += 1;
             self.progress
                 .last_attempt
                 .store(crate::positions::store::unix_now(), Ordering::Relaxed);
+            let answer = match &outcome {
+                Outcome::Stored => Answer::Stored,
+                Outcome::Retry { retry_after, .. } => Answer::Backpressure {
+                    retry_after: *retry_after,
+                },
+                Outcome::Reject { .. } => Answer::Final,
+            };
+            let wait = self.limiter.release(permit, answer);
             match outcome {
                 Outcome::Stored => {
                     METRICS
@@ -493,9 +677,9 @@ impl SenderLoop {
                     self.count_drop(why, entries, n);
                     return Sent::Done;
                 }
-                Outcome::Retry { status, reason } => {
-                    let max = self.retry.max_retries;
-                    if max > 0 && backoff.retries + 1 >= max {
+                Outcome::Retry { status, reason, .. } => {
+                    let max = self.max_retries;
+                    if max > 0 && attempts >= max {
                         let why = match status {
                             429 if is_stream_limit(&reason) => "stream_limited",
                             429 => "rate_limited",
@@ -513,16 +697,11 @@ impl SenderLoop {
                         .batch_retries
                         .get_or_create(&self.metric_labels)
                         .inc();
-                    let wait = backoff.next_wait();
                     log::warn!(
-                        "push to Loki failed ({status} {reason}); retry {} in {:.1}s",
-                        backoff.retries,
-                        wait.as_secs_f64()
+                        "push to Loki failed ({status} {reason}); retry {attempts} in {:.1}s \
+                         (every lane waits)",
+                        wait.unwrap_or_default().as_secs_f64()
                     );
-                    stop.sleep(wait);
-                    if stop.past_deadline() {
-                        return Sent::Stopped;
-                    }
                 }
             }
         }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub streams_tracked: Family<Labels, Gauge>,
     pub read_lag: Family<Labels, Gauge>,
     pub files_open: Gauge,
+    pub loki_in_flight: Gauge,
+    pub loki_in_flight_limit: Gauge,
     pub read_bytes: Family<Labels, Counter>,
     pub read_lines: Family<Labels, Counter>,
     pub io_mode: Family<Labels, Gauge>,
@@ -99,6 +101,8 @@ impl Metrics {
             streams_tracked: Family::default(),
             read_lag: Family::default(),
             files_open: Gauge::default(),
+            loki_in_flight: Gauge::default(),
+            loki_in_flight_limit: Gauge::default(),
             read_bytes: Family::default(),
             read_lines: Family::default(),
             io_mode: Family::default(),
@@ -172,6 +176,16 @@ impl Metrics {
                 "ringtail_read_lag_bytes",
                 "Bytes in tailed files not yet acked by Loki (file size minus committed offset), by source",
                 m.read_lag.clone(),
+            );
+            r.register(
+                "ringtail_loki_in_flight",
+                "Pushes to Loki in flight now",
+                m.loki_in_flight.clone(),
+            );
+            r.register(
+                "ringtail_loki_in_flight_limit",
+                "Pushes to Loki allowed in flight at once: the adaptive limit, within loki.min_in_flight and loki.max_in_flight",
+                m.loki_in_flight_limit.clone(),
             );
             r.register(
                 "ringtail_files_open",

@@ -248,7 +248,13 @@ impl Tailer {
         let mut chunk = self.ring.chunk(t.labels.clone());
         // Room for the lines and their metadata values up front: grown by doubling, a full read
         // (128 KiB) plus a few bytes of levels would leave a 256 KiB buffer in every pooled chunk.
-        chunk.data.reserve(n + n / 16);
+        // A pooled buffer far larger than this read is let go: with thousands of files most
+        // reads are small, and the writer holds many chunks at once (open batches of its lanes).
+        let want = n + n / 16;
+        if chunk.data.capacity() > 2 * want + (16 << 10) {
+            chunk.data = Vec::with_capacity(want);
+        }
+        chunk.data.reserve(want);
         let before = self.proc.counts;
         let offset = t.read_offset;
         t.consume(

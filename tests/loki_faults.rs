@@ -214,6 +214,10 @@ fn a_429_storm_is_retried_with_jittered_backoff_and_nothing_is_lost() {
     let _serial = serial();
     let t0 = Instant::now();
     let mut b = bench(2);
+    // One lane: the assertions follow one batch through its attempts (request by request) and
+    // count one request per delay. The writer-wide backoff across lanes, Retry-After and
+    // overlapping pushes are tested in tests/in_flight.rs.
+    b.loki_keys = "max_in_flight: 1\n".into();
     let mut rt = b.start();
     let gen = b.write();
     thread::sleep(Duration::from_secs(1));
@@ -346,6 +350,10 @@ fn a_slow_loki_holds_readers_back_without_retries_or_loss() {
     let _serial = serial();
     let t0 = Instant::now();
     let mut b = bench(2);
+    // One lane: the assertions follow one batch through its attempts (request by request) and
+    // count one request per delay. The writer-wide backoff across lanes, Retry-After and
+    // overlapping pushes are tested in tests/in_flight.rs.
+    b.loki_keys = "max_in_flight: 1\n".into();
     const DELAY: Duration = Duration::from_secs(2);
     b.w.rx.set_delay(DELAY);
     let mut rt = b.start();

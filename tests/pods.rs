@@ -601,7 +601,7 @@ fn a_413_splits_the_batch_until_it_fits() {
     });
     let pod = w.pod("ns", "p", "u");
     let mut want = Vec::new();
-    // Many files, so that one batch holds many chunks (the unit a split moves).
+    // Many files in one lane (max_in_flight: 1), so that one batch holds them all.
     let mut logs: Vec<_> = (0..16).map(|i| pod.container(&format!("c{i}"))).collect();
     for (i, log) in logs.iter_mut().enumerate() {
         let l = labels("ns", "p", &format!("c{i}"));
@@ -616,7 +616,8 @@ fn a_413_splits_the_batch_until_it_fits() {
             want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
         }
     }
-    let mut rt = w.start("");
+    let cfg = w.config_with_loki("max_in_flight: 1\n");
+    let mut rt = w.start_config(&cfg);
     wait_entries(&w.rx, want.len(), &rt);
     w.rx.wait_quiet(Duration::from_millis(500));
     assert_exactly(&w.rx, &want);

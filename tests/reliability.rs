@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::numbered::{
-    container_name, Bench, Checker, GenConfig, GenReport, Generator, MIN_LINE,
+    container_name, Bench, Checker, GenConfig, GenReport, Generator, IN_FLIGHT, MIN_LINE,
 };
 use support::*;
 
@@ -27,9 +27,10 @@ const PUSH_SLACK: Duration = Duration::from_secs(1);
 /// lines and metadata text count, and this generator's metadata values are constants).
 const BATCH_MAX_BYTES: u64 = 1 << 20;
 /// Batches a crash can catch between the receiver and the positions file (src/sink/mod.rs): the
-/// one being pushed, which the receiver may have stored before the kill, and the one before it,
-/// whose write the spacing of slow positions writes may have put off until after that push.
-const IN_FLIGHT_BATCHES: u64 = 2;
+/// ones being pushed (one per lane, [`IN_FLIGHT`] lanes), which the receiver may have stored
+/// before the kill, and one more, whose write the spacing of slow positions writes may have
+/// put off until after those pushes.
+const IN_FLIGHT_BATCHES: u64 = IN_FLIGHT as u64 + 1;
 /// The contract's stop deadline: max(10 s, `loki.timeout`), and the test config's timeout is 5 s.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// kubelet's lowest allowed `containerLogMonitorInterval` (its config validation refuses less):

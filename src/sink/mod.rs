@@ -123,15 +123,21 @@ fn drop_unsent(recycler: &Recycler, chunks: Vec<Chunk>) {
 
 /// The lane of a chunk (see the module doc): its file's directory, else its source.
 fn lane_of(chunk: &Chunk, lanes: usize) -> usize {
-    if lanes <= 1 {
-        return 0;
+    match &chunk.advance {
+        Some(Advance::File(f)) => lane_of_file(&f.path, lanes),
+        Some(a) => lane_of_key(a.source().as_bytes(), lanes),
+        None => lane_of_key(chunk.labels[0].rendered().as_bytes(), lanes),
     }
-    let key: &[u8] = match &chunk.advance {
-        Some(Advance::File(f)) => f.path.parent().unwrap_or(&f.path).as_os_str().as_bytes(),
-        Some(a) => a.source().as_bytes(),
-        None => chunk.labels[0].rendered().as_bytes(),
-    };
-    (Fingerprint::of(key).hash % lanes as u64) as usize
+}
+
+/// The lane of a log file: that of its directory (a container's, for pod logs), which its
+/// rotated files share.
+pub fn lane_of_file(path: &std::path::Path, lanes: usize) -> usize {
+    lane_of_key(path.parent().unwrap_or(path).as_os_str().as_bytes(), lanes)
+}
+
+fn lane_of_key(key: &[u8], lanes: usize) -> usize {
+    (Fingerprint::of(key).hash % lanes.max(1) as u64) as usize
 }
 
 /// Starts the batcher, `sealers` sealers, the sender and (for Loki) `loki.max_in_flight`

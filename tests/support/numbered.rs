@@ -881,7 +881,13 @@ fn sample(v: &mut Vec<String>, s: String) {
 pub struct Bench {
     pub w: World,
     pub checker: Arc<Mutex<Checker>>,
+    /// Lines added to the test config's `loki:` block (indented as there).
+    pub loki_keys: String,
 }
+
+/// The scenarios' `loki.max_in_flight`, and their `min_in_flight` too: the concurrency is
+/// fixed at its maximum, so crashes, rotations and outages meet every lane pushing.
+pub const IN_FLIGHT: usize = 8;
 
 impl Bench {
     /// For `containers` numbered containers. The bounds the scenarios derive assume the test
@@ -894,7 +900,11 @@ impl Bench {
             "the scenarios' bounds must follow the test config:\n{cfg}"
         );
         let checker = Checker::attach(&w.rx, containers);
-        Bench { w, checker }
+        Bench {
+            w,
+            checker,
+            loki_keys: format!("max_in_flight: {IN_FLIGHT}\n  min_in_flight: {IN_FLIGHT}\n"),
+        }
     }
 
     pub fn checker(&self) -> MutexGuard<'_, Checker> {
@@ -905,6 +915,7 @@ impl Bench {
     pub fn start(&mut self) -> Ringtail {
         let next_conn = self.w.rx.connections();
         self.checker().run_starting(next_conn);
-        self.w.start("")
+        let cfg = self.w.config_with_loki(&self.loki_keys);
+        self.w.start_config(&cfg)
     }
 }

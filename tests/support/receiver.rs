@@ -158,6 +158,12 @@ struct State {
     entries: Vec<Received>,
     requests: Vec<RequestRecord>,
     in_flight: usize,
+    /// The most requests being handled at once.
+    max_in_flight: usize,
+    /// A push with an entry labelled `name=value` gets this status (see `fail_label`).
+    fail_label: Option<(String, String, u16)>,
+    /// `Retry-After` sent with 429 and 5xx answers.
+    retry_after: Option<String>,
     last_activity: Instant,
     /// Where stored entries go instead of `entries`, when set (see [`LokiReceiver::set_sink`]).
     sink: Option<EntrySink>,
@@ -188,6 +194,9 @@ impl LokiReceiver {
                 entries: Vec::new(),
                 requests: Vec::new(),
                 in_flight: 0,
+                max_in_flight: 0,
+                fail_label: None,
+                retry_after: None,
                 last_activity: Instant::now(),
                 sink: None,
                 sunk: 0,
@@ -247,6 +256,22 @@ impl LokiReceiver {
         let mut st = self.state();
         st.delay = delay;
         st.requests.len()
+    }
+
+    /// While set, every valid push holding an entry whose label `name` is `value` is answered
+    /// `status` (and stores nothing), whatever else is programmed; `None` clears it.
+    pub fn fail_label(&self, rule: Option<(&str, &str, u16)>) {
+        self.state().fail_label = rule.map(|(n, v, s)| (n.to_string(), v.to_string(), s));
+    }
+
+    /// `Retry-After` value sent with every 429 and 5xx answer from now on (`None`: none).
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        self.state().retry_after = value.map(str::to_string);
+    }
+
+    /// The most requests that were being handled at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state().max_in_flight
     }
 
     pub fn set_limits(&self, limits: Limits) {
@@ -480,12 +505,12 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
             Ok(ReadOutcome::Request(r)) => r,
             Ok(ReadOutcome::Closed) | Err(_) => break,
             Ok(ReadOutcome::Reject(status, msg)) => {
-                let _ = write_response(&mut writer, status, &msg, true);
+                let _ = write_response(&mut writer, status, &msg, true, None);
                 break;
             }
         };
         let keep_alive = req.keep_alive();
-        let (status, body, delay) = handle(shared, &req, conn);
+        let (status, body, delay, retry_after) = handle(shared, &req, conn);
         if status == DROP_CONNECTION {
             let _ = writer.shutdown(Shutdown::Both);
             finish(shared);
@@ -494,7 +519,14 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
         if !delay.is_zero() {
             thread::sleep(delay);
         }
-        let ok = write_response(&mut writer, status, &body, !keep_alive).is_ok();
+        let ok = write_response(
+            &mut writer,
+            status,
+            &body,
+            !keep_alive,
+            retry_after.as_deref(),
+        )
+        .is_ok();
         finish(shared);
         if !ok || !keep_alive {
             break;
@@ -606,8 +638,17 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(w: &mut TcpStream, status: u16, body: &str, close: bool) -> io::Result<()> {
+fn write_response(
+    w: &mut TcpStream,
+    status: u16,
+    body: &str,
+    close: bool,
+    retry_after: Option<&str>,
+) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    if let Some(ra) = retry_after {
+        head.push_str(&format!("Retry-After: {ra}\r\n"));
+    }
     let no_body = status == 204 || status == 304 || (100..200).contains(&status);
     if !no_body {
         head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
@@ -646,11 +687,13 @@ struct Valid {
     first_ts_ns: i64,
 }
 
-/// Decides the answer to one request and records it. Returns (status, body, delay).
-fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) {
+/// Decides the answer to one request and records it. Returns (status, body, delay,
+/// `Retry-After`).
+fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration, Option<String>) {
     let limits = {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
         st.last_activity = Instant::now();
         st.limits.clone()
     };
@@ -668,7 +711,14 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
     let (status, body, error) = match &outcome {
         Err((status, msg)) => (*status, msg.clone(), Some(msg.trim_end().to_string())),
         Ok(valid) => {
-            let status = next_status(&mut st, now);
+            let failing = st.fail_label.as_ref().and_then(|(n, v, status)| {
+                valid
+                    .entries
+                    .iter()
+                    .any(|e| e.labels.get(n) == Some(v))
+                    .then_some(*status)
+            });
+            let status = failing.unwrap_or_else(|| next_status(&mut st, now));
             if (200..300).contains(&status) && !valid.rejected.is_empty() {
                 // Partial acceptance: the valid entries are stored, the answer is 400.
                 let msg = valid.rejected.join("\n");
@@ -723,8 +773,12 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration) 
         at: now,
     });
     let delay = st.delay;
+    let retry_after = st
+        .retry_after
+        .clone()
+        .filter(|_| status == 429 || (500..600).contains(&status));
     shared.cond.notify_all();
-    (status, body, delay)
+    (status, body, delay, retry_after)
 }
 
 fn next_status(st: &mut State, now: Instant) -> u16 {

@@ -45,6 +45,20 @@ fn write(logs: &mut [ContainerLog], n: usize, from: usize) -> Vec<Expected> {
     want
 }
 
+/// Waits until `want.len()` entries are stored, then asserts they are exactly `want`, each
+/// stream in order.
+fn arrive_exactly_in_order(rx: &LokiReceiver, want: &[Expected], rt: &Ringtail) {
+    assert!(
+        rx.wait_for_entries(want.len(), Duration::from_secs(60)),
+        "{}\n{}",
+        rx.summary(),
+        rt.logs()
+    );
+    rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(rx, want);
+    assert_each_stream_in_order(rx);
+}
+
 /// Each stream's entries, in the order the receiver processed the requests that carried them,
 /// have rising timestamps (what a Loki with `unordered_writes: false` requires).
 fn assert_each_stream_in_order(rx: &LokiReceiver) {
@@ -92,15 +106,7 @@ fn pushes_overlap_against_a_slow_loki_in_order_and_drain_on_sigterm() {
     );
     want.extend(write(&mut logs, 50, 400));
     let mut rt = w.start_config(&cfg);
-    assert!(
-        w.rx.wait_for_entries(want.len(), Duration::from_secs(60)),
-        "{}\n{}",
-        w.rx.summary(),
-        rt.logs()
-    );
-    w.rx.wait_quiet(Duration::from_millis(500));
-    assert_exactly(&w.rx, &want);
-    assert_each_stream_in_order(&w.rx);
+    arrive_exactly_in_order(&w.rx, &want, &rt);
     let overlap = w.rx.max_in_flight();
     eprintln!("most pushes at once: {overlap}; limit after a third: {limit}");
     assert!(
@@ -162,16 +168,8 @@ fn a_failing_batch_holds_back_only_its_lane_across_a_kill_9() {
     rt.kill9();
     w.rx.fail_label(None);
     let mut rt = w.start_config(&cfg);
-    assert!(
-        w.rx.wait_for_entries(want.len(), Duration::from_secs(60)),
-        "{}\n{}",
-        w.rx.summary(),
-        rt.logs()
-    );
-    w.rx.wait_quiet(Duration::from_millis(500));
     // Exactly once: what was acked before the crash is not sent again.
-    assert_exactly(&w.rx, &want);
-    assert_each_stream_in_order(&w.rx);
+    arrive_exactly_in_order(&w.rx, &want, &rt);
     stop(&mut rt);
 }
 
@@ -197,14 +195,7 @@ fn a_429_with_retry_after_holds_every_lane() {
     // Lines in every container, then one 429: every lane must wait for Retry-After.
     w.rx.set_responses(vec![429]);
     want.extend(write(&mut logs, 300, 100));
-    assert!(
-        w.rx.wait_for_entries(want.len(), Duration::from_secs(60)),
-        "{}\n{}",
-        w.rx.summary(),
-        rt.logs()
-    );
-    w.rx.wait_quiet(Duration::from_millis(500));
-    assert_exactly(&w.rx, &want);
+    arrive_exactly_in_order(&w.rx, &want, &rt);
     let log = w.rx.log();
     let t429 = log
         .iter()
@@ -237,6 +228,5 @@ fn a_429_with_retry_after_holds_every_lane() {
         Some(1.0),
         "{m}"
     );
-    assert_each_stream_in_order(&w.rx);
     stop(&mut rt);
 }

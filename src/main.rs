@@ -14,6 +14,7 @@ use ringtail::telemetry::tap::Filter;
 #[derive(Parser)]
 #[command(
     name = "ringtail",
+    version,
     about = "Ships every log line of a Kubernetes node to Loki, at least once."
 )]
 struct Cli {

@@ -945,7 +945,13 @@ fn check_config_and_version() {
     assert_eq!(effective.get("node_name"), Some("test-node"));
 
     let out = run_cli(&["version"], Duration::from_secs(10));
-    assert!(out.stdout.starts_with("ringtail "), "{out:?}");
+    let want = format!("ringtail {}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(out.stdout, want, "{out:?}");
+    for flag in ["--version", "-V"] {
+        let out = run_cli(&[flag], Duration::from_secs(10));
+        assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{flag}: {out:?}");
+        assert_eq!(out.stdout, want, "{flag}: {out:?}");
+    }
     let missing = dir.path().join("nope.yaml");
     let out = run_cli(
         &["run", "--config", missing.to_str().unwrap()],

@@ -120,3 +120,30 @@ fn corpus_directories_match_the_targets() {
         );
     }
 }
+
+/// Every corpus holds the edges of its input space: an empty input, a maximal one (`max*`: the
+/// largest or fullest input the target takes) and invalid ones (`invalid*`: bytes no producer
+/// writes), beside the realistic cases.
+#[test]
+fn every_corpus_has_empty_maximal_and_invalid_inputs() {
+    let mut missing = Vec::new();
+    for (target, _) in checks::TARGETS {
+        let files = files_in(&fuzz_dir().join("corpus").join(target));
+        let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        let has_empty = files
+            .iter()
+            .any(|f| fs::metadata(f).is_ok_and(|m| m.len() == 0));
+        let has_max = files.iter().any(|f| name(f).starts_with("max"));
+        let has_invalid = files.iter().any(|f| name(f).starts_with("invalid"));
+        for (what, ok) in [
+            ("an empty file", has_empty),
+            ("a max* file", has_max),
+            ("an invalid* file", has_invalid),
+        ] {
+            if !ok {
+                missing.push(format!("fuzz/corpus/{target} has no {what}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

@@ -540,7 +540,7 @@ impl Discovery {
                     k.size.store(size, Ordering::Relaxed);
                     None
                 }
-                Some(k) => Some(same_file(&k.path, &found.path, k.fingerprint)),
+                Some(k) => Some(same_file(&k.path, &found.path, key, k.fingerprint)),
                 None => None,
             };
             // Not for a reused inode (`Some(false)`): that is another file, added below.
@@ -694,10 +694,16 @@ impl Discovery {
             format,
             catalog,
         } = spec;
-        let head = match read_head(&path) {
-            Ok(h) => {
+        let head = match read_head(&path, key) {
+            Ok(Some(h)) => {
                 self.unreadable.remove(&key);
                 h
+            }
+            Ok(None) => {
+                // Renamed since the scan's stat (kubelet rotating it): its bytes are not at
+                // this path any more. The next scan finds it under its new name.
+                METRICS.file_event("renamed_while_scanned");
+                return None;
             }
             Err(e) => {
                 if self.unreadable.insert(key) {
@@ -803,16 +809,17 @@ struct Spec {
 
 /// Whether a known file found under a new path is still the file it was: kubelet renames
 /// within the container's directory, and the first bytes stay what they were.
-fn same_file(old: &Path, new: &Path, fp: Fingerprint) -> bool {
+fn same_file(old: &Path, new: &Path, key: FileKey, fp: Fingerprint) -> bool {
     if old.parent() != new.parent() {
         return false;
     }
-    match read_head(new) {
-        Ok(head) => {
+    match read_head(new, key) {
+        Ok(Some(head)) => {
             head.len() >= fp.len as usize && Fingerprint::of(&head[..fp.len as usize]) == fp
         }
-        // Cannot tell; a rename is by far the likelier.
-        Err(_) => true,
+        // Cannot tell (renamed again since the scan, or unreadable); a rename is by far the
+        // likelier.
+        Ok(None) | Err(_) => true,
     }
 }
 
@@ -831,13 +838,23 @@ fn hash_key(k: &FileKey) -> u64 {
 }
 
 /// The first bytes of a file, for its fingerprint.
-fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+/// The first bytes of the file at `path`, if it is still the file `key` (the scan's stat of
+/// that path): `None` when another file is there now. kubelet renames `0.log` and creates a new
+/// one at any moment, and a head read by path after that would be the new file's, which made a
+/// restart take the old file for a reused inode and read all of it again (the kill -9 storm's
+/// old re-sends).
+fn read_head(path: &Path, key: FileKey) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path)?;
+    let m = file.metadata()?;
+    if m.dev() != key.dev || m.ino() != key.ino {
+        return Ok(None);
+    }
     let mut head = Vec::with_capacity(Fingerprint::MAX_LEN);
-    std::fs::File::open(path)?
-        .take(Fingerprint::MAX_LEN as u64)
+    file.take(Fingerprint::MAX_LEN as u64)
         .read_to_end(&mut head)?;
-    Ok(head)
+    Ok(Some(head))
 }
 
 /// With `read_from: end`, start after the last complete line, not in the middle of one.
@@ -1024,5 +1041,38 @@ mod tests {
         let mut reused = sight(None, true, false);
         reused.reused_inode = true;
         assert_eq!(decide_start(reused, End), Start::At(0));
+    }
+
+    /// kubelet's rotation between a scan's stat of `0.log` and the read of its first bytes: the
+    /// path now names the new file, whose bytes are not the stat's file's.
+    #[test]
+    fn a_head_is_read_only_from_the_file_the_scan_saw() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("0.log");
+        let rotated = dir.path().join("0.log.20261207-100000");
+        std::fs::write(&live, b"old file's first line\n").unwrap();
+        let m = std::fs::metadata(&live).unwrap();
+        let old = FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        assert_eq!(
+            read_head(&live, old).unwrap().as_deref(),
+            Some(&b"old file's first line\n"[..])
+        );
+        std::fs::rename(&live, &rotated).unwrap();
+        std::fs::write(&live, b"new file\n").unwrap();
+        assert_eq!(read_head(&live, old).unwrap(), None);
+        // Found under its new name, it is still the file it was.
+        let fp = Fingerprint::of(b"old file's first line\n");
+        assert!(same_file(&live, &rotated, old, fp));
+        // The new file at the old name is another file, whatever the key says.
+        let m = std::fs::metadata(&live).unwrap();
+        let new = FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        assert!(!same_file(&rotated, &live, new, fp));
     }
 }

@@ -949,7 +949,11 @@ fn check_config_and_version() {
     assert_eq!(out.stdout, want, "{out:?}");
     for flag in ["--version", "-V"] {
         let out = run_cli(&[flag], Duration::from_secs(10));
-        assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{flag}: {out:?}");
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(0),
+            "{flag}: {out:?}"
+        );
         assert_eq!(out.stdout, want, "{flag}: {out:?}");
     }
     let missing = dir.path().join("nope.yaml");

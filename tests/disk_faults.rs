@@ -274,7 +274,7 @@ fn wait_distinct(checker: &Mutex<Checker>, n: u64, what: &str) {
 fn stop(rt: &mut Ringtail, checker: &Mutex<Checker>) {
     rt.sigterm();
     let status = rt.wait_exit(Duration::from_secs(15));
-    lock(checker).run_ended(false);
+    lock(checker).run_ended(false, Instant::now());
     assert!(
         status.is_some_and(|s| s.success()),
         "SIGTERM: {status:?}\n{}",

@@ -9,7 +9,7 @@
 //! a few bytes of memory per line. The receiver hands entries to the checker as they are stored
 //! ([`LokiReceiver::set_sink`]) instead of keeping them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -574,12 +574,11 @@ pub struct Run {
 pub struct Checker {
     containers: usize,
     labels: Vec<BTreeMap<String, String>>,
-    epoch: Instant,
-    /// Per number: times stored (saturating), and which run stored it last and when (ms since
-    /// `epoch`), to tell a re-send after a crash from a bug.
+    /// Per number: times stored (saturating), and which run stored it last and in which
+    /// request ([`Received::batch`]), to tell a re-send after a crash from a bug.
     seen: Vec<u8>,
     last_run: Vec<u16>,
-    last_at_ms: Vec<u32>,
+    last_batch: Vec<u32>,
     runs: Vec<Run>,
     stored: u64,
     /// Numbers stored at least once, also shared with a throttled generator.
@@ -592,9 +591,9 @@ pub struct Checker {
     wrong: u64,
     wrong_samples: Vec<String>,
     /// Per run: duplicates caused by its crash (lines it stored, sent again by a later run),
-    /// and the oldest of them (ms from its storing to the crash).
+    /// and the requests that had stored them.
     dups: Vec<u64>,
-    oldest_dup_ms: Vec<u64>,
+    dup_batches: Vec<BTreeSet<u32>>,
     /// Duplicates no crash explains: sent twice by one run, or again after a graceful stop.
     bad_dups: u64,
     bad_dup_samples: Vec<String>,
@@ -637,10 +636,9 @@ impl Checker {
         Checker {
             containers,
             labels,
-            epoch: Instant::now(),
             seen: Vec::new(),
             last_run: Vec::new(),
-            last_at_ms: Vec::new(),
+            last_batch: Vec::new(),
             runs: Vec::new(),
             stored: 0,
             distinct: 0,
@@ -651,7 +649,7 @@ impl Checker {
             wrong: 0,
             wrong_samples: Vec::new(),
             dups: Vec::new(),
-            oldest_dup_ms: Vec::new(),
+            dup_batches: Vec::new(),
             bad_dups: 0,
             bad_dup_samples: Vec::new(),
             last_of: vec![None; containers],
@@ -673,13 +671,14 @@ impl Checker {
             low_at_end: 0,
         });
         self.dups.push(0);
-        self.oldest_dup_ms.push(0);
+        self.dup_batches.push(BTreeSet::new());
     }
 
-    /// The current process was killed (`crashed`) or has stopped.
-    pub fn run_ended(&mut self, crashed: bool) {
+    /// The current process was killed (`crashed`) or has stopped, `at` the instant it was
+    /// gone: taken before this checker's lock, which the receiver may hold for a while.
+    pub fn run_ended(&mut self, crashed: bool, at: Instant) {
         let r = self.runs.last_mut().expect("a run was started");
-        r.ended = Some(Instant::now());
+        r.ended = Some(at);
         r.crashed = crashed;
         r.low_at_end = self.low;
     }
@@ -749,9 +748,19 @@ impl Checker {
         self.dups.get(r).copied().unwrap_or(0)
     }
 
-    /// How long before the crash of run `r` it had stored the oldest line sent again after it.
-    pub fn oldest_duplicate_from_crash(&self, r: usize) -> Duration {
-        Duration::from_millis(self.oldest_dup_ms.get(r).copied().unwrap_or(0))
+    /// How long before the crash of run `r` ringtail had the answer to the oldest push whose
+    /// lines were sent again after it (`answered`: [`LokiReceiver::answered`]). A push the
+    /// crash came before the answer of is in flight: its re-send is due, and counts zero.
+    pub fn oldest_duplicate_from_crash(&self, r: usize, answered: &[Option<Instant>]) -> Duration {
+        let Some(end) = self.runs.get(r).and_then(|run| run.ended) else {
+            return Duration::ZERO;
+        };
+        self.dup_batches[r]
+            .iter()
+            .filter_map(|&b| answered.get(b as usize).copied().flatten())
+            .map(|at| end.saturating_duration_since(at))
+            .max()
+            .unwrap_or_default()
     }
 
     pub fn bad_duplicates(&self) -> (u64, &[String]) {
@@ -825,11 +834,9 @@ impl Checker {
             let len = (i + 1).max(self.seen.len() * 2).max(1 << 16);
             self.seen.resize(len, 0);
             self.last_run.resize(len, 0);
-            self.last_at_ms.resize(len, 0);
+            self.last_batch.resize(len, 0);
         }
         let run = self.run_of(conn);
-        let now = Instant::now();
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u32;
         if self.seen[i] == 0 {
             self.distinct += 1;
             self.progress.store(self.distinct, Ordering::SeqCst);
@@ -839,10 +846,8 @@ impl Checker {
                 .ended
                 .filter(|_| prev < run && self.runs[prev].crashed);
             self.dups[prev] += 1;
-            if let Some(end) = crash {
-                let end_ms = end.saturating_duration_since(self.epoch).as_millis() as u64;
-                let age = end_ms.saturating_sub(u64::from(self.last_at_ms[i]));
-                self.oldest_dup_ms[prev] = self.oldest_dup_ms[prev].max(age);
+            if crash.is_some() {
+                self.dup_batches[prev].insert(self.last_batch[i]);
             } else {
                 self.bad_dups += 1;
                 sample(
@@ -863,7 +868,7 @@ impl Checker {
         self.last_of[c] = Some((run, seq));
         self.seen[i] = self.seen[i].saturating_add(1);
         self.last_run[i] = run as u16;
-        self.last_at_ms[i] = now_ms;
+        self.last_batch[i] = e.batch as u32;
         while self.seen.get(self.low as usize).is_some_and(|&n| n > 0) {
             self.low += 1;
         }

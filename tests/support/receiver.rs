@@ -91,6 +91,8 @@ pub struct RequestRecord {
     /// Why it was rejected, when validation failed.
     pub error: Option<String>,
     pub at: Instant,
+    /// When its answer was written in full: from then on the sender knows the outcome.
+    pub answered: Option<Instant>,
 }
 
 impl RequestRecord {
@@ -360,6 +362,11 @@ impl LokiReceiver {
         self.state().requests.len()
     }
 
+    /// Per request, by [`Received::batch`]: when its answer was written in full, if it was.
+    pub fn answered(&self) -> Vec<Option<Instant>> {
+        self.state().requests.iter().map(|r| r.answered).collect()
+    }
+
     /// Requests by the status answered ([`DROP_CONNECTION`] = 0 for dropped ones).
     pub fn status_counts(&self) -> BTreeMap<u16, usize> {
         let mut counts = BTreeMap::new();
@@ -510,10 +517,10 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
             }
         };
         let keep_alive = req.keep_alive();
-        let (status, body, delay, retry_after) = handle(shared, &req, conn);
+        let (seq, status, body, delay, retry_after) = handle(shared, &req, conn);
         if status == DROP_CONNECTION {
             let _ = writer.shutdown(Shutdown::Both);
-            finish(shared);
+            finish(shared, seq, false);
             return;
         }
         if !delay.is_zero() {
@@ -527,7 +534,7 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
             retry_after.as_deref(),
         )
         .is_ok();
-        finish(shared);
+        finish(shared, seq, ok);
         if !ok || !keep_alive {
             break;
         }
@@ -535,10 +542,14 @@ fn serve_conn(shared: &Shared, stream: TcpStream, conn: u64) {
     let _ = writer.shutdown(Shutdown::Both);
 }
 
-fn finish(shared: &Shared) {
+/// Request `seq` is over; `answered` when its answer was written in full.
+fn finish(shared: &Shared, seq: usize, answered: bool) {
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     st.in_flight -= 1;
     st.last_activity = Instant::now();
+    if answered {
+        st.requests[seq].answered = Some(st.last_activity);
+    }
     shared.cond.notify_all();
 }
 
@@ -689,7 +700,13 @@ struct Valid {
 
 /// Decides the answer to one request and records it. Returns (status, body, delay,
 /// `Retry-After`).
-fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration, Option<String>) {
+/// Returns the request's number, and the answer: status, body, delay before it and
+/// `Retry-After`.
+fn handle(
+    shared: &Shared,
+    req: &Request,
+    conn: u64,
+) -> (usize, u16, String, Duration, Option<String>) {
     let limits = {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         st.in_flight += 1;
@@ -771,6 +788,7 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration, 
         entries,
         error,
         at: now,
+        answered: None,
     });
     let delay = st.delay;
     let retry_after = st
@@ -778,7 +796,7 @@ fn handle(shared: &Shared, req: &Request, conn: u64) -> (u16, String, Duration, 
         .clone()
         .filter(|_| status == 429 || (500..600).contains(&status));
     shared.cond.notify_all();
-    (status, body, delay, retry_after)
+    (seq, status, body, delay, retry_after)
 }
 
 fn next_status(st: &mut State, now: Instant) -> u16 {

@@ -181,6 +181,10 @@ pub struct Rke2 {
     pub enabled: bool,
     pub kubelet_log: PathBuf,
     pub containerd_log: PathBuf,
+    /// The zone of kubelet.log's klog times, which carry none: empty for the node's own
+    /// (`/etc/localtime`, mounted from the host; UTC where there is none), a tz database name
+    /// (`Europe/Berlin`), or a TZif file's absolute path.
+    pub timezone: String,
 }
 
 /// The file tailers (pod logs, and RKE2 files once they are in).
@@ -331,6 +335,7 @@ impl Default for Rke2 {
             enabled: true,
             kubelet_log: PathBuf::from("/var/lib/rancher/rke2/agent/logs/kubelet.log"),
             containerd_log: PathBuf::from("/var/lib/rancher/rke2/agent/containerd/containerd.log"),
+            timezone: String::new(),
         }
     }
 }
@@ -512,6 +517,13 @@ impl Config {
                 "logs.pods.metadata.grace",
                 "must be at most 24h, e.g. 60s".into(),
             );
+        }
+        if self.logs.rke2.enabled {
+            let localtime = std::path::Path::new(crate::process::plain::LOCALTIME);
+            if let Err(e) = crate::process::plain::resolve_zone(&self.logs.rke2.timezone, localtime)
+            {
+                return fail("logs.rke2.timezone", e);
+            }
         }
         if self.tail.max_open_files < 16 {
             return fail("tail.max_open_files", "must be at least 16".into());

@@ -1,6 +1,7 @@
 //! `ringtail run`: builds the pipeline back to front (positions, writer, tailers, discovery),
 //! waits for SIGTERM or SIGINT, then stops it front to back within the deadline.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::metadata::{NoMetadata, PodMetadata};
 use crate::positions::{store, Positions};
-use crate::process::Processor;
+use crate::process::{plain, Processor};
 use crate::ring::{ring, RingTx};
 use crate::shutdown::Stop;
 use crate::sink::loki::LokiClient;
@@ -227,6 +228,19 @@ fn catalogs(cfg: &Config, meta: Arc<dyn PodMetadata>) -> Vec<Catalog> {
     }
     if cfg.logs.rke2.enabled {
         let rke2 = &cfg.logs.rke2;
+        // Checked when the config was loaded; read again here, as the file may have changed.
+        match plain::resolve_zone(&rke2.timezone, Path::new(plain::LOCALTIME)) {
+            Ok(tz) => {
+                let name = tz.iana_name().unwrap_or(if rke2.timezone.is_empty() {
+                    plain::LOCALTIME
+                } else {
+                    &rke2.timezone
+                });
+                log::info!("kubelet.log's klog times are read in zone {name}");
+                plain::set_node_zone(tz);
+            }
+            Err(e) => log::error!("logs.rke2.timezone: {e}; reading klog times as UTC"),
+        }
         out.push(Catalog::Fixed(vec![
             FixedFile::new(
                 rke2.kubelet_log.clone(),

@@ -19,8 +19,10 @@ const OVERLAYS: [&str; 2] = ["dev", "prod"];
 const NAMESPACE: &str = "ringtail";
 const CONFIG_PATH: &str = "/etc/ringtail/ringtail.yaml";
 
-/// The host paths and whether the container may write them (contract §5).
-const HOST_MOUNTS: [(&str, bool); 6] = [
+/// The host paths and whether the container may write them (contract §5), and the node's
+/// /etc/localtime, for kubelet.log's klog times.
+const HOST_MOUNTS: [(&str, bool); 7] = [
+    ("/etc/localtime", false),
     ("/var/log/pods", false),
     ("/var/log/journal", false),
     ("/run/log/journal", false),
@@ -198,6 +200,7 @@ fn daemonset_mounts_are_the_contract_ones_and_only_positions_are_writable() {
         let ty = |p: &str| at(mounts[p].0, "hostPath.type").as_str().unwrap_or("");
         assert_eq!(ty("/var/log/pods"), "Directory", "{overlay}");
         for p in [
+            "/etc/localtime",
             "/var/log/journal",
             "/var/lib/rancher/rke2/agent/logs",
             "/var/lib/rancher/rke2/agent/containerd",

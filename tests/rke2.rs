@@ -39,7 +39,13 @@ impl Node {
         self.dir.path().join("agent/containerd/containerd.log")
     }
 
+    /// Starts ringtail with klog times read in UTC.
     fn start(&self, run: &str) -> Ringtail {
+        self.start_in_zone(run, "UTC")
+    }
+
+    /// Starts ringtail with `logs.rke2.timezone: <zone>`.
+    fn start_in_zone(&self, run: &str, zone: &str) -> Ringtail {
         let cfg = pods_only_config(
             &self.dir.path().join("data"),
             &self.dir.path().join("pods"),
@@ -49,7 +55,8 @@ impl Node {
         .replace(
             "  rke2:\n    enabled: false\n",
             &format!(
-                "  rke2:\n    enabled: true\n    kubelet_log: {}\n    containerd_log: {}\n",
+                "  rke2:\n    enabled: true\n    kubelet_log: {}\n    containerd_log: {}\n    \
+                 timezone: {zone:?}\n",
                 self.kubelet_log().display(),
                 self.containerd_log().display()
             ),
@@ -207,6 +214,73 @@ fn klog_and_logrus_lines_with_levels_timestamps_and_labels() {
         "{m}"
     );
     stop(&mut rt);
+}
+
+/// A node in New York's zone: kubelet's klog times are local (UTC-5 in November, UTC-4 in
+/// July), read with the zone file the DaemonSet mounts at /etc/localtime (here the same TZif
+/// file, named by `logs.rke2.timezone`). containerd's logrus times carry their zone and stay.
+#[test]
+fn klog_times_are_read_in_the_nodes_zone() {
+    let n = Node::new();
+    let zone = n.dir.path().join("localtime");
+    let tzif = fs::read("/usr/share/zoneinfo/America/New_York")
+        .expect("the tzdata package (scripts/ensure-deps installs it)");
+    fs::write(&zone, tzif).unwrap();
+    let klog = [
+        "I1125 05:00:00.250000    1234 kubelet.go:42] winter, UTC-5",
+        "W0701 06:00:00.000000    1234 kubelet.go:43] summer, UTC-4",
+    ]
+    .map(String::from);
+    append(&n.kubelet_log(), &klog);
+    append(
+        &n.containerd_log(),
+        &[r#"time="2026-11-25T10:00:00Z" level=info msg="zoned already""#.to_string()],
+    );
+    let mut rt = n.start_in_zone("run1", &zone.to_string_lossy());
+    assert!(
+        n.rx.wait_for_entries(3, WAIT),
+        "{}\n{}",
+        n.rx.summary(),
+        rt.logs()
+    );
+    let got: BTreeMap<String, i64> =
+        n.rx.entries()
+            .into_iter()
+            .map(|e| (e.line, e.ts_ns))
+            .collect();
+    let y = year();
+    let ns = |s: &str| parse_rfc3339nano(s).unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[&klog[0]], ns(&format!("{y}-11-25T10:00:00.25Z")));
+    assert_eq!(got[&klog[1]], ns(&format!("{y}-07-01T10:00:00Z")));
+    assert_eq!(
+        got[r#"time="2026-11-25T10:00:00Z" level=info msg="zoned already""#],
+        ns("2026-11-25T10:00:00Z")
+    );
+    assert!(
+        rt.logs().contains("read in zone"),
+        "the zone in use is logged at start\n{}",
+        rt.logs()
+    );
+    stop(&mut rt);
+
+    // A zone that does not exist is a config error naming the key, and ringtail does not start.
+    let cfg = n.dir.path().join("bad.yaml");
+    fs::write(
+        &cfg,
+        "node_name: n\nlogs:\n  rke2:\n    enabled: true\n    timezone: Mars/Olympus\n",
+    )
+    .unwrap();
+    let out = run_cli(
+        &["check-config", &cfg.to_string_lossy()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("line 5: logs.rke2.timezone") && out.stderr.contains("Mars/Olympus"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

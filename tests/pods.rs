@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -963,6 +965,32 @@ fn check_config_and_version() {
     );
     assert_eq!(out.status.and_then(|s| s.code()), Some(2));
     assert!(out.stderr.contains("nope.yaml"), "{}", out.stderr);
+}
+
+/// docs/configuration.md names every key `check-config` prints (the effective config: all keys).
+#[test]
+fn the_configuration_doc_names_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    fs::write(&cfg, "node_name: n\nlogs: { rke2: { timezone: UTC } }\n").unwrap();
+    let out = run_cli(
+        &["check-config", cfg.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(0), "{out:?}");
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"))
+            .expect("docs/configuration.md");
+    let missing: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(':').map(|(k, _)| k))
+        .filter(|k| !doc.contains(&format!("{k}:")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks {missing:?}"
+    );
 }
 
 /// A tiny reader of the YAML that `check-config` prints (nested maps of scalars), so the test

@@ -540,6 +540,59 @@ fn an_unusable_cursor_starts_at_max_age_and_a_vacuumed_one_at_the_next_entry() {
     stop(&mut rt);
 }
 
+/// journald vacuums files ringtail has not read while it is down: it resumes at the oldest
+/// entry still there, and says, in a warning and in `ringtail_journal_lost_seconds_total`, what
+/// span was lost. (systemd-journal-remote numbers each file in its own sequence, so how many
+/// entries is unknown here; on a node journald's one sequence gives the count, unit-tested in
+/// src/sources/journal.rs.)
+#[test]
+fn entries_vacuumed_before_they_were_read_are_reported_with_their_span() {
+    let mut n = Node::new();
+    let t0 = realtime_now_us() - 20 * MINUTE_US;
+    let (a, mut want) = app_batch(t0, 10, "first");
+    n.journal.write("first", &a);
+    let mut rt = n.start("7h");
+    assert!(n.rx.wait_for_entries(10, WAIT), "{}", rt.logs());
+    n.wait_committed(10, &rt);
+    stop(&mut rt);
+
+    // While ringtail is down, two more files are written, and journald vacuums the oldest two:
+    // the one ringtail read and the next, which it never saw.
+    let (b, _) = app_batch(t0 + MINUTE_US, 10, "second");
+    n.journal.write("second", &b);
+    let (c, w) = app_batch(t0 + 2 * MINUTE_US, 10, "third");
+    want.extend(w);
+    n.journal.write("third", &c);
+    for f in ["first", "second"] {
+        fs::remove_file(n.journal.path().join(format!("{f}.journal"))).expect("vacuum");
+    }
+    let mut rt = n.start("7h");
+    assert!(n.rx.wait_for_entries(20, WAIT), "{}", rt.logs());
+    n.rx.wait_quiet(Duration::from_millis(1500));
+    assert_exactly(&n.rx, &want);
+    let err = rt.stderr_text();
+    // From the committed entry (first 9, at t0 + 9 ms) to the oldest left (third 0).
+    let span = (2 * MINUTE_US - 9_000) as f64 / 1e6;
+    assert!(
+        err.contains("level=warn")
+            && err.contains("no longer in the journal")
+            && err.contains("were lost"),
+        "{err}"
+    );
+    let m = metrics(n.port);
+    let lost = metric_value(&m, "ringtail_journal_lost_seconds_total").unwrap_or(-1.0);
+    assert!(
+        (lost - span).abs() < 1e-3,
+        "lost {lost} s, want {span}\n{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "ringtail_journal_lost_entries_total"),
+        Some(0.0),
+        "{m}"
+    );
+    stop(&mut rt);
+}
+
 #[test]
 fn a_missing_journal_directory_is_waited_for_quietly() {
     let mut n = Node::new();

@@ -23,9 +23,12 @@
 //!   entry (a formatted, allocated string) cost 15–20 % of the throughput on the bench.
 //! - **Start.** Without a committed cursor, at now − `max_age`. With one, on the cursor's entry
 //!   (`test_cursor` checks it is really that entry), so that the first read is the entry after
-//!   it: nothing lost, the cursor's entry not sent twice. A cursor that does not parse, whose
-//!   entry is gone (vacuumed while ringtail was down) or older than `max_age` starts at
-//!   now − `max_age` instead, with one log line saying why.
+//!   it: nothing lost, the cursor's entry not sent twice. A cursor whose entry journald vacuumed
+//!   (ringtail down or behind) resumes at the oldest entry still there, and what was lost in
+//!   between is logged and counted: its span from the two entries' times, and how many entries
+//!   from their sequence numbers when both are in one sequence (journald's own files are). A
+//!   cursor that does not parse, or is older than `max_age`, starts at now − `max_age`, with
+//!   one log line saying why.
 //! - **Following.** At the end of the journal the writer is told this source is idle (so it
 //!   flushes at once), then `sd_journal_wait` waits up to [`WAIT`] for inotify to report new
 //!   entries or new files, and reading goes on: whatever another process appends shows up
@@ -407,10 +410,8 @@ impl Reader {
                 // The cursor's entry was vacuumed, but the journal places a seek to it just
                 // before the first entry after where it was: resume there (seek again, so the
                 // next read is that entry) rather than re-send everything since now - max_age.
-                log::warn!(
-                    "logs.journal: the committed cursor's entry is no longer in the journal \
-                     (rotated away or vacuumed: {cursor}); resuming at the next entry still there"
-                );
+                let next = j.cursor().ok().as_deref().and_then(Mark::parse);
+                report_vacuumed(cursor, Mark::parse(cursor), next);
                 j.seek_cursor(cursor)
                     .map_err(|e| format!("the committed cursor {cursor:?} is not usable ({e})"))?;
                 return Ok(());
@@ -605,9 +606,128 @@ fn make_labels(node: &str, unit: &[u8], level: Option<u8>) -> Arc<LabelSet> {
     ])
 }
 
+/// Where an entry is in the journal, from its cursor: `s=<seqnum id>;i=<seqnum>;…;t=<realtime>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mark {
+    seqnum_id: String,
+    seqnum: u64,
+    realtime_us: u64,
+}
+
+impl Mark {
+    fn parse(cursor: &str) -> Option<Mark> {
+        let field = |name: &str| {
+            cursor
+                .split(';')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(Mark {
+            seqnum_id: field("s")?.to_string(),
+            seqnum: u64::from_str_radix(field("i")?, 16).ok()?,
+            realtime_us: u64::from_str_radix(field("t")?, 16).ok()?,
+        })
+    }
+}
+
+/// What was lost between the committed cursor's entry (vacuumed) and the oldest entry still
+/// there: entries by sequence number when both carry the same sequence id (journald numbers its
+/// files in one sequence until it is restarted), and the span of time always.
+fn lost_between(committed: &Mark, next: &Mark) -> (Option<u64>, Duration) {
+    let entries = (committed.seqnum_id == next.seqnum_id)
+        .then(|| next.seqnum.saturating_sub(committed.seqnum + 1));
+    let span = Duration::from_micros(next.realtime_us.saturating_sub(committed.realtime_us));
+    (entries, span)
+}
+
+/// Logs and counts what the journal vacuumed past `cursor` before ringtail read it.
+fn report_vacuumed(cursor: &str, committed: Option<Mark>, next: Option<Mark>) {
+    let (Some(committed), Some(next)) = (committed, next) else {
+        log::warn!(
+            "logs.journal: the committed cursor's entry is no longer in the journal (vacuumed: \
+             {cursor}); resuming at the oldest entry still there. How much was lost is unknown"
+        );
+        return;
+    };
+    let (entries, span) = lost_between(&committed, &next);
+    if entries == Some(0) {
+        log::info!(
+            "logs.journal: the committed cursor's entry was vacuumed after it was shipped \
+             ({cursor}); resuming at the next entry, nothing lost"
+        );
+        return;
+    }
+    let mut from = String::new();
+    let mut to = String::new();
+    format_rfc3339_ns(
+        i64::try_from(committed.realtime_us)
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        &mut from,
+    );
+    format_rfc3339_ns(
+        i64::try_from(next.realtime_us)
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        &mut to,
+    );
+    let what = match entries {
+        Some(n) => {
+            METRICS.journal_lost_entries.inc_by(n);
+            format!("{n} entries written between {from} and {to} ({span:.1?}) were lost")
+        }
+        None => format!(
+            "entries written between {from} and {to} ({span:.1?}), if there were any, were lost \
+             (the journal's sequence numbers changed, so how many is unknown)"
+        ),
+    };
+    METRICS.journal_lost_seconds.inc_by(span.as_secs_f64());
+    log::warn!(
+        "logs.journal: the committed cursor's entry is no longer in the journal (vacuumed: \
+         {cursor}): {what}. Resuming at the oldest entry still there. Give journald more space \
+         (SystemMaxUse=), or keep ringtail running"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vacuumed_gap_is_measured_from_the_cursors() {
+        let committed = Mark::parse("s=ab12;i=1f;b=0011;m=3e8;t=5f0a1b2c3d4e5;x=99").unwrap();
+        assert_eq!(
+            committed,
+            Mark {
+                seqnum_id: "ab12".into(),
+                seqnum: 0x1f,
+                realtime_us: 0x5f0a1b2c3d4e5,
+            }
+        );
+        let next = Mark {
+            seqnum: 0x1f + 101,
+            realtime_us: committed.realtime_us + 90_000_000,
+            ..committed.clone()
+        };
+        assert_eq!(
+            lost_between(&committed, &next),
+            (Some(100), Duration::from_secs(90))
+        );
+        // The next entry right after: nothing lost.
+        let after = Mark {
+            seqnum: 0x20,
+            ..next.clone()
+        };
+        assert_eq!(lost_between(&committed, &after).0, Some(0));
+        // Another sequence (journald's numbering restarted): how many is unknown.
+        let other = Mark {
+            seqnum_id: "cd34".into(),
+            ..next
+        };
+        assert_eq!(lost_between(&committed, &other).0, None);
+        for bad in ["", "not a cursor", "s=ab;i=zz;t=1", "s=ab;i=1"] {
+            assert_eq!(Mark::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn labels_are_interned_per_unit_and_level() {

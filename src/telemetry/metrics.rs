@@ -65,6 +65,10 @@ pub struct Metrics {
     pub tap_clients: Gauge,
     pub events_shipped: Counter,
     pub events_skipped: Counter,
+    /// The journal vacuumed past the committed cursor while ringtail was down: entries lost
+    /// (when their sequence numbers tell), and the span of time between.
+    pub journal_lost_entries: Counter,
+    pub journal_lost_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -123,6 +127,8 @@ impl Metrics {
             tap_clients: Gauge::default(),
             events_shipped: Counter::default(),
             events_skipped: Counter::default(),
+            journal_lost_entries: Counter::default(),
+            journal_lost_seconds: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,6 +287,16 @@ impl Metrics {
                 "ringtail_positions_errors",
                 "Positions files that could not be written or read",
                 m.positions_errors.clone(),
+            );
+            r.register(
+                "ringtail_journal_lost_entries",
+                "Journal entries vacuumed by journald before ringtail read them (counted when the journal's sequence numbers tell how many)",
+                m.journal_lost_entries.clone(),
+            );
+            r.register(
+                "ringtail_journal_lost_seconds",
+                "Seconds of journal vacuumed before ringtail read them: from the committed cursor's entry to the oldest one still there",
+                m.journal_lost_seconds.clone(),
             );
             r.register(
                 "ringtail_positions_gaps",

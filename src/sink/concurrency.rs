@@ -64,6 +64,10 @@ pub struct Limiter {
     state: Mutex<State>,
     wake: Condvar,
     max_backoff: Duration,
+    /// Tests move the limiter's clock ahead instead of sleeping through round trips, so that
+    /// their windows do not depend on how busy the machine is.
+    #[cfg(test)]
+    skew_ns: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -129,7 +133,17 @@ impl Limiter {
             }),
             wake: Condvar::new(),
             max_backoff,
+            #[cfg(test)]
+            skew_ns: Default::default(),
         }
+    }
+
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        return Instant::now()
+            + Duration::from_nanos(self.skew_ns.load(std::sync::atomic::Ordering::Relaxed));
+        #[cfg(not(test))]
+        Instant::now()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -149,7 +163,7 @@ impl Limiter {
             if stop.past_deadline() {
                 return None;
             }
-            let now = Instant::now();
+            let now = self.now();
             if st.in_flight < st.limit && now >= st.not_before {
                 st.in_flight += 1;
                 if st.in_flight >= st.limit {
@@ -176,7 +190,7 @@ impl Limiter {
     /// Ends a push with its round trip and answer. On backpressure, returns how long the writer
     /// now waits before the next push.
     pub fn release(&self, permit: Permit, answer: Answer) -> Option<Duration> {
-        let now = Instant::now();
+        let now = self.now();
         let rtt = now.duration_since(permit.started).as_secs_f64();
         let mut st = self.lock();
         st.in_flight -= 1;
@@ -251,6 +265,17 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    /// The round trip the tests play, on the limiter's clock (no sleeping).
+    const RTT: Duration = Duration::from_millis(25);
+
+    impl Limiter {
+        fn advance(&self, d: Duration) {
+            let ns = u64::try_from(d.as_nanos()).unwrap();
+            self.skew_ns
+                .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn limiter(min: usize, max: usize) -> Limiter {
         Limiter::new(min, max, Duration::from_millis(50), Duration::from_secs(1))
     }
@@ -259,7 +284,7 @@ mod tests {
     fn round(l: &Limiter, stop: &Stop, rtt: Duration, answer: Answer) -> usize {
         let n = l.limit();
         let permits: Vec<Permit> = (0..n).map(|_| l.acquire(stop).unwrap()).collect();
-        std::thread::sleep(rtt);
+        l.advance(rtt);
         for p in permits {
             l.release(p, answer);
         }
@@ -271,7 +296,7 @@ mod tests {
         let (l, stop) = (limiter(1, 16), Stop::default());
         let mut seen = Vec::new();
         for _ in 0..8 {
-            seen.push(round(&l, &stop, Duration::from_millis(25), Answer::Stored));
+            seen.push(round(&l, &stop, RTT, Answer::Stored));
         }
         assert_eq!(seen, [1, 2, 4, 8, 16, 16, 16, 16]);
     }
@@ -280,7 +305,7 @@ mod tests {
     fn backpressure_halves_once_per_event_and_backs_the_whole_writer_off() {
         let (l, stop) = (limiter(1, 16), Stop::default());
         for _ in 0..5 {
-            round(&l, &stop, Duration::from_millis(25), Answer::Stored);
+            round(&l, &stop, RTT, Answer::Stored);
         }
         assert_eq!(l.limit(), 16);
         // 16 pushes in flight all get a 503: one cut, one backoff step.
@@ -346,12 +371,12 @@ mod tests {
     fn rising_round_trips_cut_the_limit() {
         let (l, stop) = (limiter(1, 64), Stop::default());
         for _ in 0..5 {
-            round(&l, &stop, Duration::from_millis(25), Answer::Stored);
+            round(&l, &stop, RTT, Answer::Stored);
         }
         assert_eq!(l.limit(), 32);
         // Round trips five times the baseline: queueing.
-        round(&l, &stop, Duration::from_millis(150), Answer::Stored);
-        round(&l, &stop, Duration::from_millis(150), Answer::Stored);
+        round(&l, &stop, RTT * 6, Answer::Stored);
+        round(&l, &stop, RTT * 6, Answer::Stored);
         assert!(l.limit() < 32, "{}", l.limit());
     }
 
@@ -359,20 +384,20 @@ mod tests {
     fn an_unused_limit_does_not_grow() {
         let (l, stop) = (limiter(1, 16), Stop::default());
         for _ in 0..4 {
-            round(&l, &stop, Duration::from_millis(25), Answer::Stored);
+            round(&l, &stop, RTT, Answer::Stored);
         }
         assert_eq!(l.limit(), 16);
         let before = l.limit();
         for _ in 0..3 {
             let p = l.acquire(&stop).unwrap();
-            std::thread::sleep(Duration::from_millis(25));
+            l.advance(RTT);
             l.release(p, Answer::Stored);
         }
         assert_eq!(l.limit(), before);
         let l = limiter(1, 16);
         for _ in 0..3 {
             let p = l.acquire(&stop).unwrap();
-            std::thread::sleep(Duration::from_millis(25));
+            l.advance(RTT);
             l.release(p, Answer::Stored);
         }
         // One push at a time under a limit of one fills it: the limit may grow.

@@ -116,8 +116,9 @@ fn klog(line: &[u8], read_ns: i64, tz: &TimeZone) -> Option<Header<'static>> {
         return None;
     }
     let year_now = 1970 + read_ns.div_euclid(1_000_000_000 * 86_400 * 36_525 / 100);
+    let utc = *tz == TimeZone::UTC;
     let at = |year: i64| -> Option<i64> {
-        if *tz == TimeZone::UTC {
+        if utc {
             let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s;
             return Some(secs * 1_000_000_000 + micros * 1000);
         }

@@ -162,7 +162,7 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
     let catalogs = catalogs(&cfg, meta);
     if !catalogs.is_empty() {
         let committed = positions.committed();
-        let discovery = start_files(
+        let mut discovery = start_files(
             &cfg,
             catalogs,
             &ring_tx,
@@ -171,9 +171,19 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
             committed,
             &mut threads,
         )?;
+        // Rotated files compressed while ringtail was down stand in for the files they hold.
+        let recoveries = discovery.take_recoveries();
+        positions.carry_over(&recoveries);
         if discovery.started() {
             // Positions of files that are not in the tree any more: their files are gone.
             positions.retain(discovery.known_keys());
+        }
+        if !recoveries.is_empty() {
+            let proc = Processor::new(cfg.logs.pods.json.line, cfg.loki.max_line_size.0 as usize);
+            let (tx, stop) = (ring_tx.clone(), stop.clone());
+            threads.push(spawn("recover", None, move || {
+                crate::sources::files::recover::run(recoveries, proc, tx, &stop)
+            })?);
         }
         threads.push(spawn("discovery", None, {
             let stop = stop.clone();

@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::entry::{Advance, AdvanceKind, EventsPos, FileAdvance, FileKey};
+use crate::sources::files::recover::Recovery;
 use crate::telemetry::metrics::METRICS;
 use store::FilePos;
 
@@ -236,6 +237,19 @@ impl Positions {
         self.files.get(key).map(|p| p.offset)
     }
 
+    /// Puts each `.gz` found to hold the rest of a gone file in that file's place (see
+    /// `sources::files::recover`), before the writer starts.
+    pub fn carry_over(&mut self, recoveries: &[Recovery]) {
+        let mut offsets = self.committed.offsets();
+        for r in recoveries {
+            self.files.remove(&r.was);
+            offsets.remove(&r.was);
+            self.files.insert(r.pos.key(), r.pos.clone());
+            offsets.insert(r.pos.key(), r.pos.offset);
+            self.dirty = true;
+        }
+    }
+
     /// Forgets files that are not on disk any more (found by the first scan).
     pub fn retain(&mut self, keep: impl Fn(&FileKey) -> bool) {
         let before = self.files.len();
@@ -375,6 +389,37 @@ mod tests {
             (loaded[0].ino, loaded[0].offset, loaded[0].fp_hash),
             (1, 3, 9)
         );
+    }
+
+    /// A `.gz` that holds a gone file takes its place: its own identity and path, the file's
+    /// offset, from which its acks continue.
+    #[test]
+    fn a_compressed_copy_takes_the_gone_files_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), Duration::ZERO);
+        p.apply(&adv(1, 0, 40, AdvanceKind::Continue));
+        let gz = FilePos {
+            path: "/x/0.log.20261207-100000.gz".into(),
+            dev: 1,
+            ino: 7,
+            fp_len: 3,
+            fp_hash: 9,
+            offset: 40,
+        };
+        let r = Recovery {
+            was: FileKey { dev: 1, ino: 1 },
+            pos: gz.clone(),
+            labels: crate::entry::LabelSet::new([("pod", "p".to_string())]),
+            format: crate::sources::files::Format::Cri,
+        };
+        p.carry_over(&[r]);
+        p.retain(|k| k.ino == 7);
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 1 }), None);
+        assert_eq!(p.committed().offsets().get(&gz.key()), Some(&40));
+        p.save();
+        assert_eq!(store::load(dir.path()).unwrap().files, [gz]);
+        p.apply(&adv(7, 40, 90, AdvanceKind::Continue));
+        assert_eq!(p.offset(&FileKey { dev: 1, ino: 7 }), Some(90));
     }
 
     #[test]

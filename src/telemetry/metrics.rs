@@ -69,6 +69,7 @@ pub struct Metrics {
     /// (when their sequence numbers tell), and the span of time between.
     pub journal_lost_entries: Counter,
     pub journal_lost_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub recovered_lines: Counter,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -129,6 +130,7 @@ impl Metrics {
             events_skipped: Counter::default(),
             journal_lost_entries: Counter::default(),
             journal_lost_seconds: Counter::default(),
+            recovered_lines: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -297,6 +299,11 @@ impl Metrics {
                 "ringtail_journal_lost_seconds",
                 "Seconds of journal vacuumed before ringtail read them: from the committed cursor's entry to the oldest one still there",
                 m.journal_lost_seconds.clone(),
+            );
+            r.register(
+                "ringtail_recovered_lines",
+                "Lines shipped from rotated files that kubelet compressed while ringtail was down",
+                m.recovered_lines.clone(),
             );
             r.register(
                 "ringtail_positions_gaps",

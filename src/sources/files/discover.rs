@@ -27,6 +27,7 @@ use crate::metadata::{PodLabels, PodLookup, PodMetadata};
 use crate::positions::store::FilePos;
 use crate::positions::Committed;
 use crate::sources::files::io::{BatchIo, Stat};
+use crate::sources::files::recover::{self, Recovery, Search};
 use crate::sources::files::tail::Tail;
 use crate::sources::files::Format;
 use crate::telemetry::metrics::METRICS;
@@ -145,6 +146,40 @@ impl Catalog {
         }
     }
 
+    /// Where a compressed copy of `gone` (a path it listed, or a `.gz` of one) may be: the
+    /// `.gz` files beside it named as its rotations are once compressed, with the labels and
+    /// format of its lines. `None`: not one of its files.
+    pub fn compressed_copies(&mut self, gone: &Path) -> Option<Compressed> {
+        let dir = gone.parent()?;
+        let name = gone.file_name()?.to_str()?;
+        let name = name.strip_suffix(".gz").unwrap_or(name);
+        match self {
+            Catalog::Pods(tree) => {
+                log_file_kind(name)?;
+                let stem = name.split_once(".log")?.0;
+                let labels = tree.labels_of(dir)?;
+                let candidates = gz_beside(dir, |n| {
+                    log_file_kind(n) == Some(true) && n.split_once(".log").map(|s| s.0) == Some(stem)
+                });
+                Some(Compressed {
+                    candidates,
+                    labels,
+                    format: Format::Cri,
+                })
+            }
+            Catalog::Fixed(files) => {
+                let f = files.iter().find(|f| f.path.parent() == Some(dir))?;
+                let live = f.path.file_name()?.to_str()?;
+                fixed_file_kind(live, name)?;
+                Some(Compressed {
+                    candidates: gz_beside(dir, |n| fixed_file_kind(live, n) == Some(true)),
+                    labels: f.labels.clone(),
+                    format: Format::Plain,
+                })
+            }
+        }
+    }
+
     /// Appends what it finds to `out`; false when it cannot say what exists (the pod root
     /// cannot be listed), so that nothing of it is taken for gone.
     fn list(&mut self, index: usize, out: &mut Vec<Found>) -> bool {
@@ -159,6 +194,33 @@ impl Catalog {
             }
         }
     }
+}
+
+/// Where the lines of a file gone while ringtail was down may still be (see
+/// [`Catalog::compressed_copies`]).
+pub struct Compressed {
+    pub candidates: Vec<PathBuf>,
+    pub labels: Arc<LabelSet>,
+    pub format: Format,
+}
+
+/// The `<name>.gz` files in `dir` whose `<name>` passes `rotation`, in name order.
+fn gz_beside(dir: &Path, rotation: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".gz"))
+                .is_some_and(&rotation)
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
 }
 
 /// `containerd.log` and its backups `containerd-2024-11-25T10-00-00.000.log` (not `.gz`).
@@ -192,16 +254,10 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
             return true;
         }
     };
-    let (stem, ext) = name.rsplit_once('.').map_or((name, ""), |(s, e)| (s, e));
-    let backup_prefix = format!("{stem}-");
-    let backup_suffix = format!(".{ext}");
     for e in entries.flatten() {
         let fname = e.file_name();
-        let Some(n) = fname.to_str() else { continue };
-        let rotated = match n {
-            n if n == name => false,
-            n if n.starts_with(&backup_prefix) && n.ends_with(&backup_suffix) => true,
-            _ => continue,
+        let Some(rotated) = fname.to_str().and_then(|n| fixed_file_kind(name, n)) else {
+            continue;
         };
         out.push(Found {
             path: e.path(),
@@ -213,6 +269,21 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
         });
     }
     true
+}
+
+/// For the fixed file `live` (`containerd.log`): `Some(false)` for `name` itself, `Some(true)`
+/// for a lumberjack backup of it (`containerd-<time>.log`), `None` for anything else.
+fn fixed_file_kind(live: &str, name: &str) -> Option<bool> {
+    let (stem, ext) = live.rsplit_once('.').map_or((live, ""), |(s, e)| (s, e));
+    if name == live {
+        return Some(false);
+    }
+    let backup = name
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(ext))
+        .is_some_and(|r| r.ends_with('.') && r.len() > 1);
+    backup.then_some(true)
 }
 
 /// The kubelet's pod log tree, and what is known of its pods' API objects.
@@ -240,6 +311,27 @@ impl PodTree {
             pending: HashMap::new(),
             labels: HashMap::new(),
         }
+    }
+
+    /// The labels of the files in container directory `dir` (`<root>/<pod dir>/<container>`):
+    /// the set the last scan made for it, or one made from what the kube API knows now.
+    fn labels_of(&self, dir: &Path) -> Option<Arc<LabelSet>> {
+        let rel = dir.strip_prefix(&self.root).ok()?;
+        let mut parts = rel.iter().map(|p| p.to_str());
+        let (Some(Some(pod_dir)), Some(Some(container)), None) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let (namespace, pod, uid) = parse_pod_dir(pod_dir)?;
+        if let Some((_, set)) = self.labels.get(&format!("{pod_dir}/{container}")) {
+            return Some(set.clone());
+        }
+        let extra = match self.meta.lookup(uid) {
+            PodLookup::Found(l) => l,
+            PodLookup::Absent | PodLookup::Pending => PodLabels::default(),
+        };
+        Some(pod_labels(namespace, pod, container, &self.node, &extra))
     }
 
     /// Lists candidate files; false when the root itself cannot be listed (then nothing can be
@@ -450,6 +542,10 @@ pub struct Discovery {
     stats: Vec<std::io::Result<Stat>>,
     /// Committed offsets, for `ringtail_read_lag_bytes`.
     committed: Option<Arc<Committed>>,
+    /// `.gz` files found at start to hold the rest of a gone file, for [`recover`].
+    recoveries: Vec<Recovery>,
+    /// Their identities: each continues one position only.
+    claimed: HashSet<FileKey>,
 }
 
 impl Discovery {
@@ -476,6 +572,8 @@ impl Discovery {
             cpaths: Vec::new(),
             stats: Vec::new(),
             committed: None,
+            recoveries: Vec::new(),
+            claimed: HashSet::new(),
         }
     }
 
@@ -485,10 +583,15 @@ impl Discovery {
         self
     }
 
-    /// Identities seen so far: once the start scans are done, positions of anything else
-    /// belong to files that are gone.
+    /// Identities seen so far, and the `.gz` files that continue gone ones: once the start
+    /// scans are done, positions of anything else belong to files that are gone.
     pub fn known_keys(&self) -> impl Fn(&FileKey) -> bool + '_ {
-        |k| self.known.contains_key(k)
+        |k| self.known.contains_key(k) || self.claimed.contains(k)
+    }
+
+    /// The `.gz` files found at start to hold the rest of a gone file (see [`recover`]).
+    pub fn take_recoveries(&mut self) -> Vec<Recovery> {
+        std::mem::take(&mut self.recoveries)
     }
 
     /// True once the start scans have listed the tree.
@@ -668,11 +771,52 @@ impl Discovery {
     }
 
     /// Positions whose file is no longer in the tree when ringtail starts: rotated and
-    /// compressed (or deleted) while it was down. What was written after the position went
-    /// into a `.gz`, which is never read, so say so.
+    /// compressed (or deleted) while it was down.
     fn report_missing_at_start(&mut self) {
-        for (_, p) in self.stored.drain() {
-            warn_gone(&p);
+        let mut stored: Vec<FilePos> = self.stored.drain().map(|(_, p)| p).collect();
+        // The same order on every start, so a `.gz` two positions could claim goes to the same
+        // one each time.
+        stored.sort_by(|a, b| a.path.cmp(&b.path));
+        for p in stored {
+            self.gone_at_start(p);
+        }
+    }
+
+    /// A position whose file is gone: what was written after it may be in a `.gz` that kubelet
+    /// made of the file (then it is recovered); otherwise it is lost, and said so.
+    fn gone_at_start(&mut self, p: FilePos) {
+        let copies = self
+            .catalogs
+            .iter_mut()
+            .find_map(|c| c.compressed_copies(&p.path));
+        let Some(copies) = copies else {
+            warn_gone(&p, Search::NotFound { unreadable: Vec::new() });
+            return;
+        };
+        match recover::find(&p, &copies.candidates, &self.claimed) {
+            Search::Found { path, key } => {
+                METRICS.file_event("compressed_found");
+                log::info!(
+                    "{} (read up to byte {}) was compressed into {} while ringtail was down; \
+                     reading the rest from it",
+                    p.path.display(),
+                    p.offset,
+                    path.display()
+                );
+                self.claimed.insert(key);
+                self.recoveries.push(Recovery {
+                    was: p.key(),
+                    pos: FilePos {
+                        path,
+                        dev: key.dev,
+                        ino: key.ino,
+                        ..p
+                    },
+                    labels: copies.labels,
+                    format: copies.format,
+                });
+            }
+            other => warn_gone(&p, other),
         }
     }
 
@@ -728,7 +872,7 @@ impl Discovery {
                     (Some(p.offset), false)
                 } else {
                     // The inode was freed and reused: the file the position was for is gone.
-                    warn_gone(&p);
+                    self.gone_at_start(p);
                     (None, true)
                 }
             }
@@ -823,11 +967,23 @@ fn same_file(old: &Path, new: &Path, key: FileKey, fp: Fingerprint) -> bool {
     }
 }
 
-fn warn_gone(p: &FilePos) {
+/// A gone file whose lines after its position are in no file ringtail can find.
+fn warn_gone(p: &FilePos, search: Search) {
     METRICS.file_event("gone_while_down");
+    let why = match search {
+        Search::NoFingerprint => {
+            "; nothing of it had been read, so no compressed copy could be told to be its".into()
+        }
+        Search::NotFound { unreadable } => unreadable
+            .iter()
+            .map(|(path, e)| format!("; {} could not be decompressed: {e}", path.display()))
+            .collect::<String>(),
+        Search::Found { .. } => String::new(),
+    };
     log::warn!(
-        "{} (read up to byte {}) is gone: it was rotated and compressed, or deleted, while \
-         ringtail was not running; lines written to it after that point were not shipped",
+        "{} (read up to byte {}) is gone: it was deleted, or rotated and compressed, while \
+         ringtail was not running, and no compressed copy of it is beside it{why}; lines \
+         written to it after that point were not shipped",
         p.path.display(),
         p.offset
     );
@@ -1041,6 +1197,89 @@ mod tests {
         let mut reused = sight(None, true, false);
         reused.reused_inode = true;
         assert_eq!(decide_start(reused, End), Start::At(0));
+    }
+
+    #[test]
+    fn lumberjack_backups_of_a_fixed_file() {
+        let live = "containerd.log";
+        assert_eq!(fixed_file_kind(live, "containerd.log"), Some(false));
+        assert_eq!(
+            fixed_file_kind(live, "containerd-2024-11-25T10-00-00.000.log"),
+            Some(true)
+        );
+        assert_eq!(fixed_file_kind(live, "containerd-.log"), None);
+        assert_eq!(fixed_file_kind(live, "containerd.log.gz"), None);
+        assert_eq!(fixed_file_kind(live, "kubelet.log"), None);
+        assert_eq!(fixed_file_kind("messages", "messages-20241125."), Some(true));
+    }
+
+    /// The `.gz` files that may hold a gone file's lines: its own rotations' only, named as
+    /// kubelet (or lumberjack) names them.
+    #[test]
+    fn compressed_copies_are_the_files_own_rotations() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ns_web-1_uid-1").join("c");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "0.log",
+            "0.log.20261207-100000.gz",
+            "0.log.20261207-110000.gz",
+            "0.log.20261207-120000.tmp",
+            "0.log.20261207-120000",
+            "1.log.20261207-100000.gz",
+            "notes.gz",
+        ] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let mut pods = Catalog::Pods(PodTree::new(
+            root.path().to_path_buf(),
+            "node-a".into(),
+            Arc::new(crate::metadata::NoMetadata),
+            Duration::ZERO,
+        ));
+        let want = [
+            dir.join("0.log.20261207-100000.gz"),
+            dir.join("0.log.20261207-110000.gz"),
+        ];
+        for gone in ["0.log", "0.log.20261207-090000", "0.log.20261207-100000.gz"] {
+            let c = pods.compressed_copies(&dir.join(gone)).expect(gone);
+            assert_eq!(c.candidates, want, "{gone}");
+            assert_eq!(c.format, Format::Cri);
+            assert_eq!(
+                c.labels.rendered(),
+                r#"{container="c", job="ns/c", namespace="ns", node="node-a", pod="web-1"}"#
+            );
+        }
+        assert!(pods.compressed_copies(&dir.join("x.log")).is_none());
+        assert!(pods
+            .compressed_copies(Path::new("/elsewhere/ns_p_u/c/0.log"))
+            .is_none());
+
+        let logs = tempfile::tempdir().unwrap();
+        for f in [
+            "containerd.log",
+            "containerd-2026-12-07T10-00-00.000.log.gz",
+            "kubelet.log.gz",
+        ] {
+            std::fs::write(logs.path().join(f), "").unwrap();
+        }
+        let labels = rke2_labels("containerd", "node-a");
+        let mut fixed = Catalog::Fixed(vec![FixedFile::new(
+            logs.path().join("containerd.log"),
+            labels.clone(),
+        )]);
+        let c = fixed
+            .compressed_copies(&logs.path().join("containerd-2026-12-07T09-00-00.000.log"))
+            .unwrap();
+        assert_eq!(
+            c.candidates,
+            [logs.path().join("containerd-2026-12-07T10-00-00.000.log.gz")]
+        );
+        assert!(Arc::ptr_eq(&c.labels, &labels));
+        assert_eq!(c.format, Format::Plain);
+        assert!(fixed
+            .compressed_copies(&logs.path().join("kubelet.log"))
+            .is_none());
     }
 
     /// kubelet's rotation between a scan's stat of `0.log` and the read of its first bytes: the

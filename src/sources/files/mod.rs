@@ -5,6 +5,7 @@
 pub mod cri;
 pub mod discover;
 pub mod io;
+pub mod recover;
 pub mod schedule;
 pub mod tail;
 

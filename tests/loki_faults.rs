@@ -488,8 +488,8 @@ fn a_loki_outage_under_50_mb_per_s_pauses_readers_and_loses_nothing() {
         GenConfig {
             containers: OUTAGE_CONTAINERS,
             bytes_per_sec: 50_000_000,
-            // Never rotated: during an outage kubelet would compress rotated files, a loss by
-            // design (a `.gz` is never read), and not what this scenario is about.
+            // Never rotated: during a long outage kubelet would delete rotated files, a loss by
+            // design (the files are the buffer), and not what this scenario is about.
             max_size: 1 << 40,
             monitor: Duration::from_secs(10),
             max_files: 5,

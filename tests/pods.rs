@@ -341,7 +341,10 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     write(&mut log, 100, "down-b", &mut want);
     log.rotate();
     write(&mut log, 100, "down-c", &mut want);
-    assert!(!first_rotated.exists(), "kubelet compressed the first rotation");
+    assert!(
+        !first_rotated.exists(),
+        "kubelet compressed the first rotation"
+    );
     let mut rt = w.start("");
     wait_entries(&w.rx, 800, &rt);
     w.rx.wait_quiet(Duration::from_millis(800));
@@ -379,6 +382,242 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     w.rx.wait_quiet(Duration::from_millis(800));
     let want_now = want.clone();
     assert_exactly(&w.rx, &want_now);
+    stop(&mut rt);
+}
+
+/// kubelet's sequence during a rolling update of a busy pod, with crashes: ringtail is killed
+/// (-9) while the container writes; kubelet rotates twice while it is down, so what ringtail had
+/// not read is only in a `.gz`; ringtail starts again, and is killed halfway through that `.gz`.
+/// Every line arrives, the duplicates are at most the batches in flight at each kill, and a
+/// drained `.gz` is not read again.
+#[test]
+fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice() {
+    const IN_FLIGHT: usize = 4;
+    let mut w = World::new();
+    let pod = w.pod("ns", "busy", "u-busy");
+    let mut log = pod.container("c");
+    let mut other = pod.container("other");
+    let cfg = w
+        .config_with_loki(&format!(
+            "max_in_flight: {IN_FLIGHT}\n  min_in_flight: {IN_FLIGHT}\n"
+        ))
+        .replace("max_bytes: 1MiB", "max_bytes: 64KiB");
+    let mut want: HashMap<String, usize> = HashMap::new();
+    let mut write = |log: &mut ContainerLog, n: usize, tag: &str| {
+        for i in 0..n {
+            let line = format!("{tag} {i:06} {}", "x".repeat(i % 50));
+            log.write_line(Stream::Stdout, &line);
+            want.insert(line, 0);
+        }
+    };
+    write(&mut log, 2000, "first");
+    let mut rt = w.start_config(&cfg);
+    for round in 0..3 {
+        write(&mut log, 1000, &format!("running-{round}"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.kill9();
+    let mut kills = 1;
+
+    write(&mut log, 30_000, "down-a");
+    let first_rotation = log.rotate();
+    write(&mut log, 100, "down-b");
+    write(&mut other, 500, "other");
+    log.rotate();
+    write(&mut log, 100, "down-c");
+    let gz = std::path::PathBuf::from(format!("{}.gz", first_rotation.display()));
+    assert!(
+        gz.exists() && !first_rotation.exists(),
+        "kubelet compressed it"
+    );
+
+    // Slow answers, so that the kill lands in the middle of the .gz.
+    w.rx.set_delay(Duration::from_millis(100));
+    let mut rt = w.start_config(&cfg);
+    let down_a = |rx: &LokiReceiver| {
+        rx.lines()
+            .iter()
+            .filter(|l| l.starts_with("down-a"))
+            .count()
+    };
+    assert!(wait_until(WAIT, || down_a(&w.rx) >= 5000), "{}", rt.logs());
+    rt.kill9();
+    kills += 1;
+    assert!(
+        down_a(&w.rx) < 30_000,
+        "the kill came after the .gz was drained: the scenario needs more lines in it"
+    );
+    let positions = fs::read_to_string(w.data().join("positions.json")).unwrap();
+    assert!(
+        positions.contains(&gz.display().to_string()),
+        "the .gz stands for the file it holds: {positions}"
+    );
+
+    w.rx.set_delay(Duration::ZERO);
+    let mut rt = w.start_config(&cfg);
+    let unique = |rx: &LokiReceiver| {
+        rx.lines()
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    assert!(
+        wait_until(WAIT, || unique(&w.rx) >= want.len()),
+        "{} of {} lines\n{}",
+        unique(&w.rx),
+        want.len(),
+        rt.logs()
+    );
+    w.rx.wait_quiet(Duration::from_millis(800));
+    let logs = rt.stderr_text();
+    assert!(
+        logs.contains(&format!("was compressed into {}", gz.display())),
+        "{}",
+        rt.logs()
+    );
+    assert!(!logs.contains("is gone"), "{}", rt.logs());
+
+    // The drained .gz is let go: a restart ships nothing more.
+    stop(&mut rt);
+    let before = w.rx.entry_count();
+    let mut rt = w.start_config(&cfg);
+    w.rx.wait_quiet(Duration::from_millis(1500));
+    assert_eq!(w.rx.entry_count(), before, "{}", rt.logs());
+    stop(&mut rt);
+
+    let mut duplicates = 0;
+    for line in w.rx.lines() {
+        match want.get_mut(&line) {
+            Some(n) => {
+                *n += 1;
+                duplicates += usize::from(*n > 1);
+            }
+            None => panic!("unexpected line {line:?}"),
+        }
+    }
+    let lost: Vec<_> = want.iter().filter(|(_, n)| **n == 0).take(5).collect();
+    assert!(lost.is_empty(), "lost (first 5): {lost:?}");
+    // Each kill may catch the batches being pushed, and one more whose position write was put
+    // off (see tests/reliability.rs).
+    let per_batch = w.rx.log().iter().map(|r| r.entries).max().unwrap_or(0);
+    let bound = kills * (IN_FLIGHT + 1) * per_batch;
+    eprintln!(
+        "{} lines, {duplicates} duplicates over {kills} kills (bound {bound})",
+        want.len()
+    );
+    assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
+}
+
+/// The corners of recovering `.gz` files: one damaged halfway (what precedes the damage
+/// arrives, and it is logged and counted), one that is no tracked file's continuation (never
+/// read), and a gone file whose rotations kubelet deleted too (logged as lost). The rest of the
+/// node goes on.
+#[test]
+fn damaged_foreign_and_missing_gz_files_are_told_apart() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "p", "u-p");
+    let mut want: Vec<Expected> = Vec::new();
+    let mut logs: Vec<ContainerLog> = ["damaged", "steady", "foreign", "deleted"]
+        .iter()
+        .map(|c| pod.container(c))
+        .collect();
+    let write = |log: &mut ContainerLog, n: usize, tag: &str, want: &mut Vec<Expected>| {
+        let l = labels("ns", "p", log.name());
+        let name = log.name().to_string();
+        write_tagged(
+            log,
+            &l,
+            (0..n).map(|i| format!("{name} {tag} {i:05}")),
+            want,
+        );
+    };
+    for log in logs.iter_mut() {
+        write(log, 200, "first", &mut want);
+    }
+    let mut rt = w.start("");
+    wait_entries(&w.rx, want.len(), &rt);
+    stop(&mut rt);
+
+    let [damaged, steady, foreign, deleted] = &mut logs[..] else {
+        unreachable!()
+    };
+    // Damaged: its first rotation, compressed at the second, is cut in half.
+    let mut damaged_down = Vec::new();
+    write(damaged, 5000, "down", &mut damaged_down);
+    let gz_of = |p: std::path::PathBuf| std::path::PathBuf::from(format!("{}.gz", p.display()));
+    let damaged_gz = gz_of(damaged.rotate());
+    write(damaged, 100, "later", &mut want);
+    damaged.rotate();
+    let bytes = fs::read(&damaged_gz).unwrap();
+    fs::write(&damaged_gz, &bytes[..bytes.len() / 2]).unwrap();
+    // Steady: not rotated, so its position is found and nothing beside it is looked at.
+    write(steady, 100, "down", &mut want);
+    // Foreign: rotated twice (recovered), with a .gz of other content beside it.
+    write(foreign, 100, "down", &mut want);
+    foreign.rotate();
+    write(foreign, 100, "later", &mut want);
+    foreign.rotate();
+    let stranger = foreign.dir().join("0.log.20200101-000000");
+    fs::write(
+        &stranger,
+        "2020-01-01T00:00:00Z stdout F not ours\n".repeat(50),
+    )
+    .unwrap();
+    assert!(std::process::Command::new("gzip")
+        .arg(&stranger)
+        .status()
+        .unwrap()
+        .success());
+    // Deleted: rotated twice, then its .gz deleted (kubelet's containerLogMaxFiles).
+    write(deleted, 100, "down", &mut Vec::new());
+    let deleted_gz = gz_of(deleted.rotate());
+    write(deleted, 100, "later", &mut want);
+    deleted.rotate();
+    fs::remove_file(&deleted_gz).unwrap();
+
+    let mut rt = w.start("");
+    let min = want.len() + 1;
+    wait_entries(&w.rx, min, &rt);
+    w.rx.wait_quiet(Duration::from_millis(1000));
+    // What precedes the damage, in order and whole: a prefix of the file's lines.
+    let shipped =
+        w.rx.lines()
+            .iter()
+            .filter(|l| l.starts_with("damaged down"))
+            .count();
+    assert!(
+        shipped > 0 && shipped < 5000,
+        "{shipped} lines before the damage"
+    );
+    want.extend(damaged_down.into_iter().take(shipped));
+    assert_exactly(&w.rx, &want);
+    let m = metrics(w.port);
+    let event = |e: &str| {
+        metric_value(&m, &format!("ringtail_file_events_total{{event=\"{e}\"}}")).unwrap_or(0.0)
+    };
+    assert_eq!(event("compressed_found"), 2.0, "{m}");
+    assert_eq!(event("compressed_drained"), 1.0, "{m}");
+    assert_eq!(event("compressed_corrupt"), 1.0, "{m}");
+    assert_eq!(event("gone_while_down"), 1.0, "{m}");
+    assert_eq!(
+        metric_value(&m, "ringtail_recovered_lines_total"),
+        Some((shipped + 100) as f64),
+        "{m}"
+    );
+    let text = rt.stderr_text();
+    assert!(
+        text.contains(&format!("{} is a damaged gzip", damaged_gz.display())),
+        "{}",
+        rt.logs()
+    );
+    assert!(
+        text.contains(&format!(
+            "{} (read up to byte",
+            deleted.dir().join("0.log").display()
+        )) && text.contains("no compressed copy of it is beside it"),
+        "{}",
+        rt.logs()
+    );
     stop(&mut rt);
 }
 

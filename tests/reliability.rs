@@ -42,13 +42,13 @@ const KUBELET_MONITOR: Duration = Duration::from_secs(10);
 /// How far the writers of the restart scenarios may run ahead of the receiver: half a second
 /// at 20 MB/s. A debug ringtail with a debug receiver ships ~12 MB/s on two shared cores, less
 /// while it re-sends after crashes, so at 20 MB/s it would fall further behind for as long as
-/// the scenario lasts; once it is behind by more than kubelet keeps a rotated file
-/// uncompressed, a restart finds that file compressed: lines lost by design (contract §2: the
-/// files are the buffer; a `.gz` is never read), which is not what these scenarios test.
+/// the scenario lasts; once it is behind by more than kubelet keeps rotated files, a restart
+/// finds them deleted: lines lost by design (contract §2: the files are the buffer), which is
+/// not what these scenarios test.
 const MAX_AHEAD: u64 = 10_000_000;
 /// Time between a restart and the next kill -9, drawn uniformly. A run much shorter than that
 /// spends itself starting and commits next to nothing, and a string of them makes no progress
-/// while kubelet keeps compressing: the lines lost by design above. A real crash loop is slower
+/// while kubelet keeps rotating and deleting: the lines lost by design above. A real crash loop is slower
 /// (kubelet's back-off starts at 10 s).
 const RUN_BEFORE_KILL_MS: std::ops::Range<u64> = 1500..3500;
 

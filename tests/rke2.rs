@@ -366,6 +366,53 @@ fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing() 
     stop(&mut rt);
 }
 
+/// lumberjack compresses a backup as soon as it rotates (RKE2's containerd.log): a rotation
+/// while ringtail is down leaves the unread lines only in `containerd-<time>.log.gz`, which
+/// ringtail finds beside the live file and ships from its position on.
+#[test]
+fn a_containerd_backup_compressed_while_down_is_recovered() {
+    let n = Node::new();
+    let line =
+        |i: usize| format!(r#"time="2026-11-25T10:00:00Z" level=info msg="containerd line {i}""#);
+    let first: Vec<String> = (0..300).map(line).collect();
+    append(&n.containerd_log(), &first);
+    let mut rt = n.start("run1");
+    assert!(n.rx.wait_for_entries(300, WAIT), "{}", rt.logs());
+    stop(&mut rt);
+
+    let down: Vec<String> = (300..500).map(line).collect();
+    append(&n.containerd_log(), &down);
+    let backup = n
+        .containerd_log()
+        .with_file_name("containerd-2026-11-25T10-00-00.000.log");
+    fs::rename(n.containerd_log(), &backup).unwrap();
+    let after: Vec<String> = (500..600).map(line).collect();
+    append(&n.containerd_log(), &after);
+    let status = std::process::Command::new("gzip")
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(status.success() && !backup.exists());
+
+    let mut rt = n.start("run2");
+    assert!(n.rx.wait_for_entries(600, WAIT), "{}", rt.logs());
+    n.rx.wait_quiet(Duration::from_millis(800));
+    let mut got = n.rx.lines();
+    got.sort();
+    let mut want: Vec<String> = first.into_iter().chain(down).chain(after).collect();
+    want.sort();
+    assert_eq!(got, want, "every line once");
+    let entries = n.rx.entries();
+    assert!(entries.iter().all(|e| e.labels == labels("containerd")));
+    let m = metrics(n.port);
+    assert_eq!(
+        metric_value(&m, "ringtail_recovered_lines_total"),
+        Some(200.0),
+        "{m}"
+    );
+    stop(&mut rt);
+}
+
 #[test]
 fn a_missing_rke2_path_is_waited_for_quietly() {
     let n = Node::new();

@@ -188,7 +188,8 @@ pub enum FileEvent {
         to: PathBuf,
         next_seq: u64,
     },
-    /// `path` was gzipped to `path.gz` and removed: never to be read again.
+    /// `path` was gzipped to `path.gz` and removed: read again only by a restart that finds its
+    /// position's file gone and the `.gz` holding it.
     Compressed {
         at: Instant,
         container: usize,
@@ -256,8 +257,8 @@ impl Generator {
 
     /// [`start`](Self::start), pausing whenever more than `max_ahead` bytes written have not
     /// reached the receiver (`stored`: lines stored, see [`Checker::progress`]). A collector
-    /// that stays behind by more than kubelet keeps a rotated file uncompressed loses lines by
-    /// design (the files are the buffer, and a `.gz` is never read); where the whole pipeline
+    /// that stays behind by more than kubelet keeps rotated files loses lines by design (the
+    /// files are the buffer); where the whole pipeline
     /// cannot sustain the target rate (a debug build on a small machine), this keeps a scenario
     /// about crashes from turning into one about throughput.
     pub fn start_throttled(

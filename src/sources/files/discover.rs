@@ -6,8 +6,9 @@
 //! to fingerprint its first bytes.
 //!
 //! Files are keyed by identity (device, inode); the path is an attribute that rotation changes.
-//! `.gz` and `.tmp` files (kubelet's compression of old rotations) are never listed, so they are
-//! never read again.
+//! `.gz` and `.tmp` files (kubelet's compression of old rotations) are never listed, so a scan
+//! never reads one; only a `.gz` that holds a file gone while ringtail was down is read, once,
+//! by [`recover`] (found through [`Catalog::compressed_copies`]).
 //!
 //! Where a file starts is one decision table, [`decide_start`].
 
@@ -159,7 +160,8 @@ impl Catalog {
                 let stem = name.split_once(".log")?.0;
                 let labels = tree.labels_of(dir)?;
                 let candidates = gz_beside(dir, |n| {
-                    log_file_kind(n) == Some(true) && n.split_once(".log").map(|s| s.0) == Some(stem)
+                    log_file_kind(n) == Some(true)
+                        && n.split_once(".log").map(|s| s.0) == Some(stem)
                 });
                 Some(Compressed {
                     candidates,
@@ -790,7 +792,12 @@ impl Discovery {
             .iter_mut()
             .find_map(|c| c.compressed_copies(&p.path));
         let Some(copies) = copies else {
-            warn_gone(&p, Search::NotFound { unreadable: Vec::new() });
+            warn_gone(
+                &p,
+                Search::NotFound {
+                    unreadable: Vec::new(),
+                },
+            );
             return;
         };
         match recover::find(&p, &copies.candidates, &self.claimed) {
@@ -1210,7 +1217,10 @@ mod tests {
         assert_eq!(fixed_file_kind(live, "containerd-.log"), None);
         assert_eq!(fixed_file_kind(live, "containerd.log.gz"), None);
         assert_eq!(fixed_file_kind(live, "kubelet.log"), None);
-        assert_eq!(fixed_file_kind("messages", "messages-20241125."), Some(true));
+        assert_eq!(
+            fixed_file_kind("messages", "messages-20241125."),
+            Some(true)
+        );
     }
 
     /// The `.gz` files that may hold a gone file's lines: its own rotations' only, named as
@@ -1273,7 +1283,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             c.candidates,
-            [logs.path().join("containerd-2026-12-07T10-00-00.000.log.gz")]
+            [logs
+                .path()
+                .join("containerd-2026-12-07T10-00-00.000.log.gz")]
         );
         assert!(Arc::ptr_eq(&c.labels, &labels));
         assert_eq!(c.format, Format::Plain);

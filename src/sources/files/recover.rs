@@ -55,9 +55,14 @@ pub struct Recovery {
 /// What a look for a gone file's compressed copy came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Search {
-    Found { path: PathBuf, key: FileKey },
+    Found {
+        path: PathBuf,
+        key: FileKey,
+    },
     /// No candidate holds it; the candidates that could not be decompressed, with why.
-    NotFound { unreadable: Vec<(PathBuf, String)> },
+    NotFound {
+        unreadable: Vec<(PathBuf, String)>,
+    },
     /// The position has no fingerprint (nothing of the file had been read): no copy can be
     /// told to be its.
     NoFingerprint,
@@ -428,7 +433,12 @@ mod tests {
         while let Ok(c) = rx.recv_timeout(Duration::ZERO) {
             let c: Chunk = c;
             lines.extend(c.entries.iter().map(|e| c.str(e.line).to_string()));
-            let a = c.advance.as_ref().and_then(|a| a.as_file()).unwrap().clone();
+            let a = c
+                .advance
+                .as_ref()
+                .and_then(|a| a.as_file())
+                .unwrap()
+                .clone();
             advances.push((a.from, a.to, a.kind));
         }
         (lines, advances, end)
@@ -480,7 +490,11 @@ mod tests {
         std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
         let (lines, advances, end) = drain_file(&gz, &data, 0, 4096);
         assert!(matches!(end, End::Corrupt(_)), "{end:?}");
-        assert!(lines.len() > 1000 && lines.len() < 20_000, "{}", lines.len());
+        assert!(
+            lines.len() > 1000 && lines.len() < 20_000,
+            "{}",
+            lines.len()
+        );
         assert_eq!(lines, numbered(0..lines.len()), "in order, none cut");
         assert_eq!(advances.last().unwrap().2, AdvanceKind::Done);
         // Shorter than the position: nothing to ship.

@@ -101,6 +101,11 @@ fn encode() {
     replay_corpus("encode");
 }
 
+#[test]
+fn gz() {
+    replay_corpus("gz");
+}
+
 /// Every target has a test above and a corpus directory, and every corpus directory a target.
 #[test]
 fn corpus_directories_match_the_targets() {

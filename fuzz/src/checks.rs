@@ -4,8 +4,8 @@
 //! and by the corpus replay test (`tests/fuzz_corpus.rs`, through `#[path]`), so a fuzzer's find
 //! becomes a plain `cargo test` regression by copying its input into `fuzz/corpus/<target>/`.
 //!
-//! Plain Rust on ringtail + std + crates the root package already depends on (bumpalo, prost,
-//! snap, serde, serde_json, tempfile), so that both crates can compile this one file.
+//! Plain Rust on ringtail + std + crates the root package already depends on (bumpalo, flate2,
+//! prost, snap, serde, serde_json, tempfile), so that both crates can compile this one file.
 //!
 //! Input formats (so seeds can be written by hand):
 //! - `cri`, `json_level`, `trace`, `positions`, `config`: the bytes as they are (CRI file
@@ -13,6 +13,10 @@
 //! - `tail`: 3 header bytes, then file content. Header: `split` (the first read gets
 //!   `len * split / 255` bytes), `flags` (bit 0: first read filled the buffer, bit 1: second
 //!   read did, bit 2: `logs.pods.json.line: msg`), `max` (`max_line_size = 8 * (max + 1)`).
+//! - `gz`: 3 header bytes, then content. Header: `flags` (bit 0: gzip the content first, else
+//!   it is the `.gz` file as it is; bit 1: plain format, else CRI), `cut` (the offset read
+//!   from: that fraction of the content, moved back to its line's start), `buf` (the read
+//!   buffer holds `16 + 4 * buf` bytes).
 //! - `encode`: text records separated by `\n`: `c name=value,name=value` starts a chunk with
 //!   that label set, `m key=value` adds a structured-metadata pair to the next entry
 //!   (`*value` forces a span even for a constant), `e <ts_ns> <line>` adds an entry. Values
@@ -39,6 +43,7 @@ use ringtail::sink::proto::{
     EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp,
 };
 use ringtail::sources::files::cri::{self, Partials};
+use ringtail::sources::files::recover::{self, End};
 use ringtail::sources::files::tail::Tail;
 use ringtail::timefmt;
 
@@ -54,6 +59,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("positions", positions),
     ("config", config),
     ("encode", encode),
+    ("gz", gz),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,4 +1060,105 @@ fn check_rendered(l: &LabelSet) {
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect();
     assert_eq!(parsed, want, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gz
+
+/// `recover::read_from`, which ships a rotated file that kubelet compressed while ringtail was
+/// down, from the position on. Any bytes: no panic, and the advances chain from the offset.
+/// Content it gzipped itself: the whole of it is read (the last advance reaches its end), and a
+/// small buffer, which cuts lines across reads and keeps the rest at its front, ships the same
+/// lines with the same metadata as one read of the whole.
+pub fn gz(data: &[u8]) {
+    let (hdr, body) = match data {
+        [a, b, c, body @ ..] => ([*a, *b, *c], body),
+        _ => ([1, 128, 0], data),
+    };
+    let format = if hdr[0] & 2 != 0 {
+        ringtail::sources::files::Format::Plain
+    } else {
+        ringtail::sources::files::Format::Cri
+    };
+    let small = 16 + 4 * hdr[2] as usize;
+    if hdr[0] & 1 == 0 {
+        let (_, advances, _) = read_gz(body, u64::from(hdr[1]), small, format);
+        assert_chained(&advances, u64::from(hdr[1]));
+        return;
+    }
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut e, body).expect("gzip in memory");
+    let gzipped = e.finish().expect("gzip in memory");
+    let at = body.len() * hdr[1] as usize / 255;
+    let offset = body[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1) as u64;
+    let (lines, advances, end) = read_gz(&gzipped, offset, small, format);
+    assert!(matches!(end, End::Complete), "{end:?}");
+    assert_chained(&advances, offset);
+    let last = advances.last().map_or(offset, |a| a.1);
+    assert_eq!(last, body.len() as u64, "read to the end");
+    let (whole, _, _) = read_gz(&gzipped, offset, body.len() + 1, format);
+    assert_eq!(
+        lines, whole,
+        "a {small}-byte buffer ships what one read of it all does"
+    );
+}
+
+/// Each advance starts where the one before ended, the first at `offset`.
+fn assert_chained(advances: &[(u64, u64)], offset: u64) {
+    let mut at = offset;
+    for &(from, to) in advances {
+        assert_eq!(from, at, "{advances:?}");
+        assert!(to >= from, "{advances:?}");
+        at = to;
+    }
+}
+
+/// A line shipped, with its structured metadata.
+type Shipped = (String, Vec<(String, String)>);
+
+/// Lines with their metadata, and the advances, of `recover::read_from` on `gz` from `offset`
+/// through a `buf`-byte buffer.
+fn read_gz(
+    gz: &[u8],
+    offset: u64,
+    buf: usize,
+    format: ringtail::sources::files::Format,
+) -> (Vec<Shipped>, Vec<(u64, u64)>, End) {
+    let labels = LabelSet::new([("pod", "p".to_string())]);
+    let mut t = Tail::new(
+        FileKey { dev: 1, ino: 2 },
+        Arc::from(Path::new("/var/log/pods/ns_p_u/c/0.log.20261207-100000.gz")),
+        labels,
+        format,
+        Fingerprint::default(),
+        offset,
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let mut proc = Processor::new(JsonLine::Raw, 1 << 20);
+    // Room for every chunk: nothing drains the ring while this runs.
+    let (tx, rx) = ringtail::ring::ring(gz.len() * 8 + 64);
+    let stop = ringtail::shutdown::Stop::default();
+    let mut b = vec![0u8; buf];
+    let src = flate2::read::MultiGzDecoder::new(gz);
+    let end = recover::read_from(src, &mut t, &mut b, &mut proc, &tx, &stop).expect("not stopping");
+    let (mut lines, mut advances) = (Vec::new(), Vec::new());
+    while let Ok(c) = rx.recv_timeout(std::time::Duration::ZERO) {
+        let c: Chunk = c;
+        for e in &c.entries {
+            let meta = c
+                .meta_of(e)
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), c.meta_str(v).to_string()))
+                .collect();
+            lines.push((c.str(e.line).to_string(), meta));
+        }
+        if let Some(a) = c.advance.as_ref().and_then(|a| a.as_file()) {
+            assert_eq!(a.kind, AdvanceKind::Continue);
+            advances.push((a.from, a.to));
+        }
+    }
+    (lines, advances, end)
 }

@@ -125,7 +125,7 @@ pub fn run(recoveries: Vec<Recovery>, mut proc: Processor, mut ring: RingTx, sto
 
 /// How a drain ended.
 #[derive(Debug)]
-enum End {
+pub enum End {
     Complete,
     /// The gzip is damaged: lines before the damage were shipped.
     Corrupt(io::Error),
@@ -226,9 +226,10 @@ fn open(path: &Path, key: FileKey) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Skips to the tail's offset in `src`, then turns the rest into chunks. Returns how it ended;
-/// `None` when ringtail is stopping.
-fn read_from(
+/// Skips to the tail's offset in `src` (a decompressed stream), then turns the rest into chunks
+/// through `buf`. Returns how it ended; `None` when ringtail is stopping. (Public for the `gz`
+/// fuzz target.)
+pub fn read_from(
     mut src: impl Read,
     tail: &mut Tail,
     buf: &mut [u8],

@@ -200,6 +200,16 @@ pub struct Tail {
     /// `auto` tries io_uring and falls back to `pread` where it is blocked (seccomp,
     /// `io_uring_disabled`); `io_uring` and `pread` force one.
     pub io: IoMode,
+    /// Watch the log directories with inotify: a write wakes its file's tailer, a new or
+    /// renamed file is looked at at once. Off (or where inotify is unavailable): every file is
+    /// polled, and the tree listed every 500 ms.
+    pub inotify: bool,
+    /// With inotify, how often the whole tree is listed anyway: the backstop for anything an
+    /// event did not tell.
+    pub rescan: Dur,
+    /// Most inotify watches ringtail holds (one per pod and per container directory); 0: as
+    /// many as the kernel gives (`fs.inotify.max_user_watches`). Directories past it are polled.
+    pub max_watches: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -346,6 +356,9 @@ impl Default for Tail {
             threads: 0,
             max_open_files: 1024,
             io: IoMode::Auto,
+            inotify: true,
+            rescan: Dur(Duration::from_secs(10)),
+            max_watches: 0,
         }
     }
 }
@@ -527,6 +540,9 @@ impl Config {
         }
         if self.tail.max_open_files < 16 {
             return fail("tail.max_open_files", "must be at least 16".into());
+        }
+        if self.tail.rescan.0 < Duration::from_secs(1) {
+            return fail("tail.rescan", "must be at least 1s, e.g. 10s".into());
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail(

@@ -15,9 +15,12 @@ use crate::ring::{ring, RingTx};
 use crate::shutdown::Stop;
 use crate::sink::loki::LokiClient;
 use crate::sink::{self, Output, Progress};
-use crate::sources::files::discover::{rke2_labels, Catalog, Discovery, FixedFile, PodTree};
+use crate::sources::files::discover::{
+    rke2_labels, Catalog, Discovery, FixedFile, PodTree, POLL_EVERY,
+};
 use crate::sources::files::io::BatchIo;
 use crate::sources::files::schedule::Tailer;
+use crate::sources::files::watch::Watcher;
 use crate::telemetry::metrics::METRICS;
 use crate::telemetry::server::{self, Health};
 use crate::telemetry::tap::Filter;
@@ -26,8 +29,6 @@ use crate::telemetry::tap::Filter;
 /// about two batches. A deeper ring measured no faster on the e2e bench and cost ~10 MiB of RSS
 /// with 2,000 files.
 const RING_CHUNKS: usize = 16;
-/// How often discovery lists the log tree: new files are picked up within this.
-const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// Tailers started by `tail.threads: 0`. Each holds its read buffers (4 MiB); past a few, a
 /// node's log volume is bound by the writer, not by reading.
 const MAX_AUTO_TAILERS: usize = 4;
@@ -187,7 +188,7 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
         }
         threads.push(spawn("discovery", None, {
             let stop = stop.clone();
-            move || discover_loop(discovery, &stop)
+            move || discovery.run(&stop)
         })?);
     }
     let writer = sink::start(
@@ -321,6 +322,17 @@ fn start_files(
         BatchIo::new(cfg.tail.io, "discovery").map_err(io_err)?,
     )
     .with_committed(committed);
+    if cfg.tail.inotify {
+        match Watcher::new(cfg.tail.max_watches) {
+            Ok(w) => discovery = discovery.with_watcher(w, cfg.tail.rescan.0),
+            Err(e) => log::warn!(
+                "inotify is unavailable ({e}); polling every log file instead, and listing the \
+                 tree every {} ms. Raise fs.inotify.max_user_instances if it is used up (EMFILE), \
+                 or set tail.inotify: false to say this is meant",
+                POLL_EVERY.as_millis()
+            ),
+        }
+    }
     if cfg.logs.pods.enabled && std::fs::read_dir(&cfg.logs.pods.path).is_err() {
         log::warn!(
             "logs.pods.path {} cannot be listed yet; waiting for it",
@@ -332,15 +344,6 @@ fn start_files(
     discovery.scan();
     discovery.scan();
     Ok(discovery)
-}
-
-fn discover_loop(mut d: Discovery, stop: &Stop) {
-    while !stop.stopping() {
-        std::thread::sleep(SCAN_EVERY);
-        if !stop.stopping() {
-            d.scan();
-        }
-    }
 }
 
 fn spawn(

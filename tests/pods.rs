@@ -621,6 +621,106 @@ fn damaged_foreign_and_missing_gz_files_are_told_apart() {
     stop(&mut rt);
 }
 
+/// With inotify, a new pod's file and a quiet file's next line are shipped on their events:
+/// the safety rescan is an hour away, so nothing else could find them in time.
+#[test]
+fn with_inotify_new_files_and_writes_are_shipped_without_the_rescan() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "quiet", "u-q");
+    let mut log = pod.container("c");
+    let mut want: Vec<Expected> = Vec::new();
+    write_tagged(
+        &mut log,
+        &labels("ns", "quiet", "c"),
+        (0..10).map(|i| format!("before {i}")),
+        &mut want,
+    );
+    let mut rt = w.start("tail: { inotify: true, rescan: 1h }\n");
+    wait_entries(&w.rx, 10, &rt);
+    // Quiet for longer than any polling pause, then one line.
+    std::thread::sleep(Duration::from_millis(600));
+    let start = Instant::now();
+    write_tagged(
+        &mut log,
+        &labels("ns", "quiet", "c"),
+        ["after the pause".to_string()].into_iter(),
+        &mut want,
+    );
+    wait_entries(&w.rx, 11, &rt);
+    let written = start.elapsed();
+    // A pod that appears while ringtail runs.
+    let start = Instant::now();
+    let new_pod = w.pod("ns", "fresh", "u-f");
+    let mut fresh = new_pod.container("app");
+    write_tagged(
+        &mut fresh,
+        &labels("ns", "fresh", "app"),
+        ["first line of a new pod".to_string()].into_iter(),
+        &mut want,
+    );
+    wait_entries(&w.rx, 12, &rt);
+    let created = start.elapsed();
+    eprintln!("write to receiver: {written:?}; new pod's first line: {created:?}");
+    assert!(
+        written < Duration::from_secs(5) && created < Duration::from_secs(5),
+        "{written:?} {created:?}"
+    );
+    w.rx.wait_quiet(Duration::from_millis(300));
+    assert_exactly(&w.rx, &want);
+    let m = metrics(w.port);
+    assert!(
+        metric_value(&m, "ringtail_inotify_watches").unwrap_or(0.0) >= 5.0,
+        "root, 2 pods, 2 containers\n{m}"
+    );
+    assert_eq!(metric_value(&m, "ringtail_files_polled"), Some(0.0), "{m}");
+    stop(&mut rt);
+}
+
+/// Past `tail.max_watches`, directories go without a watch: their files are polled, every line
+/// still arrives, and the metric and one warning say how many.
+#[test]
+fn past_the_watch_cap_files_are_polled_and_every_line_arrives() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "p", "u-p");
+    let mut logs: Vec<ContainerLog> = (0..6).map(|c| pod.container(&format!("c{c}"))).collect();
+    let mut want: Vec<Expected> = Vec::new();
+    let write = |logs: &mut Vec<ContainerLog>, tag: &str, want: &mut Vec<Expected>| {
+        for log in logs.iter_mut() {
+            let l = labels("ns", "p", log.name());
+            let name = log.name().to_string();
+            write_tagged(log, &l, (0..50).map(|i| format!("{name} {tag} {i}")), want);
+        }
+    };
+    write(&mut logs, "before", &mut want);
+    // The root, the pod and two of the six containers.
+    let mut rt = w.start("tail: { inotify: true, rescan: 1h, max_watches: 4 }\n");
+    wait_entries(&w.rx, want.len(), &rt);
+    write(&mut logs, "after", &mut want);
+    wait_entries(&w.rx, want.len(), &rt);
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    let m = metrics(w.port);
+    assert_eq!(
+        metric_value(&m, "ringtail_inotify_watches"),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, "ringtail_files_polled"), Some(4.0), "{m}");
+    let text = rt.stderr_text();
+    assert_eq!(
+        text.matches("no inotify watch for").count(),
+        1,
+        "{}",
+        rt.logs()
+    );
+    assert!(
+        text.contains("tail.max_watches is reached"),
+        "{}",
+        rt.logs()
+    );
+    stop(&mut rt);
+}
+
 #[test]
 fn kill_9_and_restart_loses_nothing_and_bounds_duplicates() {
     let mut w = World::new();

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub journal_lost_entries: Counter,
     pub journal_lost_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub recovered_lines: Counter,
+    pub inotify_watches: Gauge,
+    pub inotify_overflows: Counter,
+    pub files_polled: Gauge,
 }
 
 fn request_buckets() -> impl Iterator<Item = f64> {
@@ -131,6 +134,9 @@ impl Metrics {
             journal_lost_entries: Counter::default(),
             journal_lost_seconds: Counter::default(),
             recovered_lines: Counter::default(),
+            inotify_watches: Gauge::default(),
+            inotify_overflows: Counter::default(),
+            files_polled: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,6 +310,21 @@ impl Metrics {
                 "ringtail_recovered_lines",
                 "Lines shipped from rotated files that kubelet compressed while ringtail was down",
                 m.recovered_lines.clone(),
+            );
+            r.register(
+                "ringtail_inotify_watches",
+                "inotify watches held on log directories (0: inotify is off or unavailable)",
+                m.inotify_watches.clone(),
+            );
+            r.register(
+                "ringtail_inotify_overflows",
+                "Times inotify's event queue overflowed, each answered by a scan of every file",
+                m.inotify_overflows.clone(),
+            );
+            r.register(
+                "ringtail_files_polled",
+                "Tracked files read by polling, because their directory has no inotify watch",
+                m.files_polled.clone(),
             );
             r.register(
                 "ringtail_positions_gaps",

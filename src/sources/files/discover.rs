@@ -27,9 +27,11 @@ use crate::entry::{FileKey, Fingerprint, LabelSet};
 use crate::metadata::{PodLabels, PodLookup, PodMetadata};
 use crate::positions::store::FilePos;
 use crate::positions::Committed;
+use crate::shutdown::Stop;
 use crate::sources::files::io::{BatchIo, Stat};
 use crate::sources::files::recover::{self, Recovery, Search};
 use crate::sources::files::tail::Tail;
+use crate::sources::files::watch::{DirKind, Event, Refused, Watcher};
 use crate::sources::files::Format;
 use crate::telemetry::metrics::METRICS;
 
@@ -182,15 +184,20 @@ impl Catalog {
         }
     }
 
-    /// Appends what it finds to `out`; false when it cannot say what exists (the pod root
-    /// cannot be listed), so that nothing of it is taken for gone.
-    fn list(&mut self, index: usize, out: &mut Vec<Found>) -> bool {
+    /// Appends what it finds to `out` (with `scope`, only in those directories); false when it
+    /// cannot say what exists (the pod root cannot be listed), so that nothing of it is taken
+    /// for gone.
+    fn list(&mut self, index: usize, scope: Option<&HashSet<PathBuf>>, out: &mut Listing) -> bool {
         match self {
-            Catalog::Pods(tree) => tree.list(index, out),
+            Catalog::Pods(tree) => tree.list(index, scope, out),
             Catalog::Fixed(files) => {
                 let mut all_listed = true;
                 for f in files.iter_mut() {
-                    all_listed &= list_fixed(f, index, out);
+                    let in_scope =
+                        scope.is_none_or(|s| f.path.parent().is_some_and(|d| s.contains(d)));
+                    if in_scope {
+                        all_listed &= list_fixed(f, index, out);
+                    }
                 }
                 all_listed
             }
@@ -227,7 +234,7 @@ fn gz_beside(dir: &Path, rotation: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 
 /// `containerd.log` and its backups `containerd-2024-11-25T10-00-00.000.log` (not `.gz`).
 /// False when the directory exists but cannot be listed (then its files are not taken for gone).
-fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
+fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Listing) -> bool {
     let (Some(dir), Some(name)) = (f.path.parent(), f.path.file_name().and_then(|n| n.to_str()))
     else {
         return true;
@@ -256,12 +263,13 @@ fn list_fixed(f: &mut FixedFile, index: usize, out: &mut Vec<Found>) -> bool {
             return true;
         }
     };
+    out.dirs.push((dir.to_path_buf(), DirKind::Files));
     for e in entries.flatten() {
         let fname = e.file_name();
         let Some(rotated) = fname.to_str().and_then(|n| fixed_file_kind(name, n)) else {
             continue;
         };
-        out.push(Found {
+        out.found.push(Found {
             path: e.path(),
             labels: f.labels.clone(),
             meta: MetaState::Final,
@@ -336,17 +344,54 @@ impl PodTree {
         Some(pod_labels(namespace, pod, container, &self.node, &extra))
     }
 
-    /// Lists candidate files; false when the root itself cannot be listed (then nothing can be
-    /// concluded about what is gone). Unreadable pod or container directories are skipped and
-    /// retried on the next scan.
-    fn list(&mut self, catalog: usize, out: &mut Vec<Found>) -> bool {
+    /// Lists candidate files, and the directories that hold them (for watches); false when
+    /// the root itself cannot be listed (then nothing can be concluded about what is gone).
+    /// Unreadable pod or container directories are skipped and retried on the next scan.
+    /// With `scope`, only those container directories are listed.
+    fn list(
+        &mut self,
+        catalog: usize,
+        scope: Option<&HashSet<PathBuf>>,
+        out: &mut Listing,
+    ) -> bool {
+        if let Some(scope) = scope {
+            let now = Instant::now();
+            let mut labels_now = HashMap::new();
+            for dir in scope {
+                let Some(rel) = dir.strip_prefix(&self.root).ok() else {
+                    continue;
+                };
+                let mut parts = rel.iter().map(|p| p.to_str());
+                let (Some(Some(dir_name)), Some(Some(container)), None) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let Some((namespace, pod, uid)) = parse_pod_dir(dir_name) else {
+                    continue;
+                };
+                let mut pending = std::mem::take(&mut self.pending);
+                let (extra, meta) = self.pod_meta(dir_name, uid, now, &mut pending);
+                self.pending.extend(pending);
+                let pod = PodRef {
+                    dir_name,
+                    namespace,
+                    pod,
+                    extra: &extra,
+                    meta,
+                };
+                self.list_container(&pod, container, dir, catalog, &mut labels_now, out);
+            }
+            self.labels.extend(labels_now);
+            return true;
+        }
         let Ok(pods) = std::fs::read_dir(&self.root) else {
             return false;
         };
+        out.dirs.push((self.root.clone(), DirKind::Tree));
         let now = Instant::now();
         let mut pending = HashMap::with_capacity(self.pending.len());
         let mut labels_now = HashMap::with_capacity(self.labels.len());
-        let mut key = String::new();
         for pod_dir in pods.flatten() {
             // kubelet makes real directories; a symlink would reach a pod's files a second
             // time under another name (and read them again from 0 as a "new" file).
@@ -360,18 +405,17 @@ impl PodTree {
             let Some((namespace, pod, uid)) = parse_pod_dir(dir_name) else {
                 continue;
             };
-            let (extra, meta) = match self.meta.lookup(uid) {
-                PodLookup::Found(l) => (l, MetaState::Final),
-                PodLookup::Absent => (PodLabels::default(), MetaState::Final),
-                PodLookup::Pending => {
-                    let since = self.pending.remove(dir_name).unwrap_or(now);
-                    pending.insert(dir_name.to_string(), since);
-                    let hold = now.duration_since(since) < self.wait;
-                    (PodLabels::default(), MetaState::Pending { hold })
-                }
-            };
+            let (extra, meta) = self.pod_meta(dir_name, uid, now, &mut pending);
             let Ok(containers) = std::fs::read_dir(pod_dir.path()) else {
                 continue;
+            };
+            out.dirs.push((pod_dir.path(), DirKind::Tree));
+            let pod = PodRef {
+                dir_name,
+                namespace,
+                pod,
+                extra: &extra,
+                meta,
             };
             for c in containers.flatten() {
                 if c.file_type().is_ok_and(|t| t.is_symlink()) {
@@ -381,48 +425,96 @@ impl PodTree {
                 let Some(container) = cname.to_str() else {
                     continue;
                 };
-                let Ok(files) = std::fs::read_dir(c.path()) else {
-                    continue;
-                };
-                key.clear();
-                key.push_str(dir_name);
-                key.push('/');
-                key.push_str(container);
-                let mut labels = None;
-                for f in files.flatten() {
-                    let fname = f.file_name();
-                    let Some(rotated) = fname.to_str().and_then(log_file_kind) else {
-                        continue;
-                    };
-                    let labels = labels
-                        .get_or_insert_with(|| {
-                            let (k, was, set) = match self.labels.remove_entry(key.as_str()) {
-                                Some((k, (was, set))) if was == extra => (k, was, set),
-                                _ => (
-                                    key.clone(),
-                                    extra.clone(),
-                                    pod_labels(namespace, pod, container, &self.node, &extra),
-                                ),
-                            };
-                            labels_now.insert(k, (was, set.clone()));
-                            set
-                        })
-                        .clone();
-                    out.push(Found {
-                        path: f.path(),
-                        labels,
-                        meta,
-                        rotated,
-                        format: Format::Cri,
-                        catalog,
-                    });
-                }
+                self.list_container(&pod, container, &c.path(), catalog, &mut labels_now, out);
             }
         }
         self.pending = pending;
         self.labels = labels_now;
         true
     }
+
+    /// What the kube API says of a pod now; `pending` gets the pods still waited for, with
+    /// since when.
+    fn pod_meta(
+        &mut self,
+        dir_name: &str,
+        uid: &str,
+        now: Instant,
+        pending: &mut HashMap<String, Instant>,
+    ) -> (PodLabels, MetaState) {
+        match self.meta.lookup(uid) {
+            PodLookup::Found(l) => (l, MetaState::Final),
+            PodLookup::Absent => (PodLabels::default(), MetaState::Final),
+            PodLookup::Pending => {
+                let since = self.pending.remove(dir_name).unwrap_or(now);
+                pending.insert(dir_name.to_string(), since);
+                let hold = now.duration_since(since) < self.wait;
+                (PodLabels::default(), MetaState::Pending { hold })
+            }
+        }
+    }
+
+    /// The log files of one container directory.
+    fn list_container(
+        &mut self,
+        pod: &PodRef,
+        container: &str,
+        dir: &Path,
+        catalog: usize,
+        labels_now: &mut HashMap<String, (PodLabels, Arc<LabelSet>)>,
+        out: &mut Listing,
+    ) {
+        let Ok(files) = std::fs::read_dir(dir) else {
+            return;
+        };
+        out.dirs.push((dir.to_path_buf(), DirKind::Files));
+        let key = format!("{}/{container}", pod.dir_name);
+        let mut labels = None;
+        for f in files.flatten() {
+            let fname = f.file_name();
+            let Some(rotated) = fname.to_str().and_then(log_file_kind) else {
+                continue;
+            };
+            let labels = labels
+                .get_or_insert_with(|| {
+                    let (k, was, set) = match self.labels.remove_entry(key.as_str()) {
+                        Some((k, (was, set))) if was == *pod.extra => (k, was, set),
+                        _ => (
+                            key.clone(),
+                            pod.extra.clone(),
+                            pod_labels(pod.namespace, pod.pod, container, &self.node, pod.extra),
+                        ),
+                    };
+                    labels_now.insert(k, (was, set.clone()));
+                    set
+                })
+                .clone();
+            out.found.push(Found {
+                path: f.path(),
+                labels,
+                meta: pod.meta,
+                rotated,
+                format: Format::Cri,
+                catalog,
+            });
+        }
+    }
+}
+
+/// A pod directory being listed.
+struct PodRef<'a> {
+    dir_name: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+    extra: &'a PodLabels,
+    meta: MetaState,
+}
+
+/// What a listing found: files, and the directories that hold them.
+#[derive(Default)]
+pub struct Listing {
+    found: Vec<Found>,
+    dirs: Vec<(PathBuf, DirKind)>,
 }
 
 /// Where a file starts, or whether it is read at all.
@@ -489,6 +581,10 @@ pub enum Control {
     Gone {
         key: FileKey,
     },
+    /// inotify said it was written (or a scan found its size changed): read it now.
+    Wake {
+        key: FileKey,
+    },
     /// The pod's API object arrived after the file was first read: chunks from now on carry
     /// these labels.
     Relabel {
@@ -515,10 +611,22 @@ struct Known {
     labels: Arc<LabelSet>,
     /// Where reading started: the read lag's base until a position is committed.
     start: u64,
+    /// Its directory had an inotify watch when it was added: its tailer waits for wakes
+    /// instead of polling it.
+    watched: bool,
 }
 
 /// Scans a file must be missing from before it is declared gone.
 const GONE_AFTER: u8 = 2;
+/// Without inotify, how often the tree is listed: new files are picked up within this.
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
+/// With inotify: how long events gather before discovery acts on them, so that a burst (a
+/// busy file, twenty trickling ones) costs one look and one wake per file.
+const GATHER: Duration = Duration::from_millis(20);
+/// How soon a directory where a file went missing is looked at again.
+const FOLLOW_UP: Duration = Duration::from_millis(200);
+/// Longest wait for an event: how soon a stop is noticed.
+const STOP_CHECK: Duration = Duration::from_millis(250);
 /// Scans of the log tree that count as "at start": two, so that a file hidden from the first
 /// by a rename between `readdir` and `stat` is not taken for a new one (or its position for a
 /// gone file's).
@@ -539,7 +647,6 @@ pub struct Discovery {
     start_scans: u8,
     /// Files that could not be opened, warned about once; retried on every scan.
     unreadable: HashSet<FileKey>,
-    found: Vec<Found>,
     cpaths: Vec<CString>,
     stats: Vec<std::io::Result<Stat>>,
     /// Committed offsets, for `ringtail_read_lag_bytes`.
@@ -548,6 +655,19 @@ pub struct Discovery {
     recoveries: Vec<Recovery>,
     /// Their identities: each continues one position only.
     claimed: HashSet<FileKey>,
+    /// inotify, when it is on and available (see [`watch`](super::watch)).
+    watcher: Option<Watcher>,
+    /// With a watcher: how often the whole tree is listed anyway.
+    rescan: Duration,
+    /// Said once that watches ran out.
+    refused_said: bool,
+    /// Tracked files by path, for the files a write event names.
+    paths: HashMap<Arc<Path>, FileKey>,
+    /// Files to wake once the scan is done: their size changed, and no event said so.
+    wake: HashSet<FileKey>,
+    listing: Listing,
+    /// When the gauges were last set.
+    reported: Instant,
 }
 
 impl Discovery {
@@ -570,13 +690,27 @@ impl Discovery {
             io,
             start_scans: START_SCANS,
             unreadable: HashSet::new(),
-            found: Vec::new(),
             cpaths: Vec::new(),
             stats: Vec::new(),
             committed: None,
             recoveries: Vec::new(),
             claimed: HashSet::new(),
+            watcher: None,
+            rescan: Duration::ZERO,
+            refused_said: false,
+            paths: HashMap::new(),
+            wake: HashSet::new(),
+            listing: Listing::default(),
+            reported: Instant::now(),
         }
+    }
+
+    /// Looks when inotify says something changed, and lists the whole tree every `rescan`
+    /// anyway, instead of every [`POLL_EVERY`].
+    pub fn with_watcher(mut self, watcher: Watcher, rescan: Duration) -> Discovery {
+        self.watcher = Some(watcher);
+        self.rescan = rescan;
+        self
     }
 
     /// Reads committed offsets from here to report the read lag.
@@ -601,24 +735,191 @@ impl Discovery {
         self.start_scans == 0
     }
 
-    /// One pass over the tree.
-    pub fn scan(&mut self) {
-        let at_start = self.start_scans > 0;
-        self.found.clear();
-        for (i, c) in self.catalogs.iter_mut().enumerate() {
-            self.listed[i] = c.list(i, &mut self.found);
+    /// Runs until `stop`: with a watcher, looks when events say something changed and lists
+    /// the whole tree every `rescan`; without one, lists it every [`POLL_EVERY`].
+    pub fn run(mut self, stop: &Stop) {
+        if self.watcher.is_none() {
+            while !stop.stopping() {
+                std::thread::sleep(POLL_EVERY);
+                if !stop.stopping() {
+                    self.scan();
+                }
+            }
+            return;
         }
+        let mut events = Vec::new();
+        let mut next_rescan = Instant::now() + self.rescan;
+        // Directories where a scan found a file missing once: looked at again shortly, to
+        // tell a rename that raced the scan from a file that went (see GONE_AFTER).
+        let mut follow_up: Option<(Instant, HashSet<PathBuf>)> = None;
+        while !stop.stopping() {
+            let now = Instant::now();
+            let until = follow_up
+                .as_ref()
+                .map_or(next_rescan, |(at, _)| (*at).min(next_rescan));
+            let wait = until.saturating_duration_since(now).min(STOP_CHECK);
+            if self.watcher.as_ref().is_some_and(|w| w.wait(wait)) {
+                // Let a burst gather: one look for many events.
+                std::thread::sleep(GATHER);
+                events.clear();
+                if let Some(w) = self.watcher.as_mut() {
+                    w.read(&mut events);
+                }
+                self.on_events(&events);
+            }
+            let now = Instant::now();
+            if now >= next_rescan {
+                self.scan();
+                next_rescan = now + self.rescan;
+            } else if let Some((_, dirs)) = follow_up.take_if(|(at, _)| now >= *at) {
+                self.scan_in(Some(&dirs));
+            }
+            if follow_up.is_none() {
+                let dirs: HashSet<PathBuf> = self
+                    .known
+                    .values()
+                    .filter(|k| k.missed > 0)
+                    .filter_map(|k| k.path.parent().map(Path::to_path_buf))
+                    .collect();
+                if !dirs.is_empty() {
+                    follow_up = Some((now + FOLLOW_UP, dirs));
+                }
+            }
+        }
+    }
+
+    /// Acts on what inotify reported: wakes the files written, and scans where files or
+    /// directories came or went (everything, after an overflow).
+    fn on_events(&mut self, events: &[Event]) {
+        let (mut tree, mut overflow) = (false, false);
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        for e in events {
+            match e {
+                Event::Written(path) => {
+                    if let Some(&key) = self.paths.get(path.as_path()) {
+                        self.wake.insert(key);
+                    }
+                }
+                Event::FilesChanged(dir) => {
+                    dirs.insert(dir.clone());
+                }
+                Event::TreeChanged => tree = true,
+                Event::Overflow => overflow = true,
+            }
+        }
+        if overflow {
+            METRICS.inotify_overflows.inc();
+            log::warn!(
+                "inotify's event queue overflowed: scanning every log file; raise \
+                 fs.inotify.max_queued_events if this repeats"
+            );
+            self.wake.extend(self.known.keys().copied());
+            self.scan();
+        } else if tree {
+            self.scan();
+        } else if !dirs.is_empty() {
+            self.scan_in(Some(&dirs));
+        } else {
+            self.note_written_sizes();
+            self.send_wakes();
+        }
+    }
+
+    /// The sizes of the files written, in one batch of stats: the read lag
+    /// (`ringtail_read_lag_bytes`) stays right while the tailers are held back, between scans.
+    fn note_written_sizes(&mut self) {
+        let keys: Vec<FileKey> = self.wake.iter().copied().collect();
+        self.cpaths.clear();
+        let mut stated = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(k) = self.known.get(&key) {
+                if let Ok(c) = CString::new(k.path.as_os_str().as_bytes()) {
+                    self.cpaths.push(c);
+                    stated.push(key);
+                }
+            }
+        }
+        self.io.stat_batch(&self.cpaths, &mut self.stats);
+        for (key, st) in stated.iter().zip(&self.stats) {
+            if let (Some(k), Ok(st)) = (self.known.get(key), st) {
+                if st.dev == key.dev && st.ino == key.ino {
+                    k.size.store(st.size, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.reported.elapsed() >= POLL_EVERY {
+            self.report();
+        }
+    }
+
+    /// Wakes the tailers of the files in `wake`.
+    fn send_wakes(&mut self) {
+        for key in self.wake.drain() {
+            if let Some(t) = self.known.get(&key).and_then(|k| k.tailer) {
+                let _ = self.tailers[t].send(Control::Wake { key });
+            }
+        }
+    }
+
+    /// Watches the directories the last listing found; logs once when watches run out.
+    fn watch_listed(&mut self) {
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        let mut refused = (0, None);
+        for (dir, kind) in &self.listing.dirs {
+            if let Err(r) = w.watch(dir, *kind) {
+                refused.0 += 1;
+                refused.1 = refused.1.or(Some(r));
+            }
+        }
+        match refused {
+            (n, Some(r)) if n > 0 && !self.refused_said && r != Refused::Other => {
+                self.refused_said = true;
+                let why = match r {
+                    Refused::Cap => "tail.max_watches is reached: raise it".to_string(),
+                    _ => "the kernel's fs.inotify.max_user_watches is used up (other programs \
+                          of the node share it): raise it with sysctl"
+                        .to_string(),
+                };
+                log::warn!(
+                    "no inotify watch for {n} log directories, at {} watches: {why}. Their files \
+                     are polled meanwhile (ringtail_files_polled)",
+                    w.watches()
+                );
+            }
+            _ => {}
+        }
+        METRICS.inotify_watches.set(w.watches() as i64);
+    }
+
+    /// One pass over the whole tree.
+    pub fn scan(&mut self) {
+        self.scan_in(None);
+    }
+
+    /// One pass over the tree, or with `scope` over those container directories only.
+    fn scan_in(&mut self, scope: Option<&HashSet<PathBuf>>) {
+        let at_start = self.start_scans > 0;
+        self.listing.found.clear();
+        self.listing.dirs.clear();
+        for (i, c) in self.catalogs.iter_mut().enumerate() {
+            self.listed[i] = c.list(i, scope, &mut self.listing);
+        }
+        self.watch_listed();
         if !self.listed.iter().any(|&l| l) {
             return;
         }
+        let events = self.watcher.is_some();
         self.cpaths.clear();
         self.cpaths.extend(
-            self.found
+            self.listing
+                .found
                 .iter()
                 .filter_map(|f| CString::new(f.path.as_os_str().as_bytes()).ok()),
         );
         self.io.stat_batch(&self.cpaths, &mut self.stats);
-        let mut seen: HashMap<FileKey, usize> = HashMap::with_capacity(self.found.len());
+        let mut seen: HashMap<FileKey, usize> = HashMap::with_capacity(self.listing.found.len());
         for (i, st) in self.stats.iter().enumerate() {
             let Ok(st) = st else { continue };
             if !st.regular {
@@ -630,7 +931,7 @@ impl Discovery {
             };
             // The live `<n>.log` name wins over a rotated one for the same inode (hard links).
             match seen.get(&key) {
-                Some(&j) if !self.found[j].rotated => {}
+                Some(&j) if !self.listing.found[j].rotated => {}
                 _ => {
                     seen.insert(key, i);
                 }
@@ -639,10 +940,13 @@ impl Discovery {
         for (&key, &i) in &seen {
             let Ok(st) = &self.stats[i] else { continue };
             let (size, mtime) = (st.size, st.mtime);
-            let found = &self.found[i];
+            let found = &self.listing.found[i];
             let renamed_in_place = match self.known.get(&key) {
                 Some(k) if *k.path == *found.path => {
-                    k.size.store(size, Ordering::Relaxed);
+                    // A size that changed with no event said so (one was lost): read it.
+                    if k.size.swap(size, Ordering::Relaxed) != size && events && k.watched {
+                        self.wake.insert(key);
+                    }
                     None
                 }
                 Some(k) => Some(same_file(&k.path, &found.path, key, k.fingerprint)),
@@ -670,8 +974,15 @@ impl Discovery {
                 (Some(k), None) => k.missed = 0,
                 (Some(k), Some(true)) => {
                     k.missed = 0;
-                    k.size.store(size, Ordering::Relaxed);
+                    if k.size.swap(size, Ordering::Relaxed) != size && events && k.watched {
+                        self.wake.insert(key);
+                    }
+                    // The old name may be the new file's already (kubelet's `0.log`).
+                    if self.paths.get(&k.path) == Some(&key) {
+                        self.paths.remove(&k.path);
+                    }
                     k.path = Arc::from(found.path.as_path());
+                    self.paths.insert(k.path.clone(), key);
                     if let Some(t) = k.tailer {
                         METRICS.file_event("renamed");
                         let _ = self.tailers[t].send(Control::Moved {
@@ -705,20 +1016,28 @@ impl Discovery {
                         format: found.format,
                         catalog: found.catalog,
                     };
-                    if let Some(known) = self.add(key, path, spec, size, mtime, at_start) {
-                        // Counted once it could be opened: an unreadable file is retried on
-                        // every scan, not new each time.
-                        METRICS.file_event("new");
-                        self.known.insert(key, known);
-                    } else {
-                        self.known.remove(&key);
+                    let old = match self.add(key, path, spec, size, mtime, at_start) {
+                        Some(known) => {
+                            // Counted once it could be opened: an unreadable file is retried
+                            // on every scan, not new each time.
+                            METRICS.file_event("new");
+                            self.paths.insert(known.path.clone(), key);
+                            self.known.insert(key, known)
+                        }
+                        None => self.known.remove(&key),
+                    };
+                    if let Some(old) = old.filter(|o| self.paths.get(&o.path) == Some(&key)) {
+                        if self.known.get(&key).is_none_or(|k| k.path != old.path) {
+                            self.paths.remove(&old.path);
+                        }
                     }
                 }
             }
         }
         let mut gone: Vec<FileKey> = Vec::new();
         for (key, k) in self.known.iter_mut() {
-            if self.listed[k.catalog] && !seen.contains_key(key) {
+            let in_scope = scope.is_none_or(|s| k.path.parent().is_some_and(|d| s.contains(d)));
+            if in_scope && self.listed[k.catalog] && !seen.contains_key(key) {
                 k.missed += 1;
                 if k.missed >= GONE_AFTER {
                     gone.push(*key);
@@ -726,13 +1045,16 @@ impl Discovery {
             }
         }
         for key in gone {
-            if let Some(Known {
-                tailer: Some(t), ..
-            }) = self.known.remove(&key)
-            {
-                let _ = self.tailers[t].send(Control::Gone { key });
+            if let Some(k) = self.known.remove(&key) {
+                if self.paths.get(&k.path) == Some(&key) {
+                    self.paths.remove(&k.path);
+                }
+                if let Some(t) = k.tailer {
+                    let _ = self.tailers[t].send(Control::Gone { key });
+                }
             }
         }
+        self.send_wakes();
         self.report();
         if at_start {
             self.start_scans -= 1;
@@ -744,7 +1066,8 @@ impl Discovery {
 
     /// Per source: files being tailed, distinct streams among them, and the read lag (bytes on
     /// disk not yet acked by Loki).
-    fn report(&self) {
+    fn report(&mut self) {
+        self.reported = Instant::now();
         let mut per: HashMap<&'static str, (i64, HashSet<&str>, u64)> = self
             .catalogs
             .iter()
@@ -770,6 +1093,12 @@ impl Discovery {
         for (source, (files, streams, lag)) in per {
             METRICS.source_gauges(source, files, streams.len() as i64, lag);
         }
+        let polled = self
+            .known
+            .values()
+            .filter(|k| k.tailer.is_some() && !k.watched)
+            .count();
+        METRICS.files_polled.set(polled as i64);
     }
 
     /// Positions whose file is no longer in the tree when ringtail starts: rotated and
@@ -913,6 +1242,7 @@ impl Discovery {
                     labels_pending,
                     labels,
                     start: size,
+                    watched: false,
                 });
             }
             Start::At(off) if off == size && !rotated && stored.is_none() && off > 0 => {
@@ -934,6 +1264,12 @@ impl Discovery {
         if had_position && stored != Some(start) {
             tail.restart_chain();
         }
+        let watched = self
+            .watcher
+            .as_ref()
+            .zip(path.parent())
+            .is_some_and(|(w, dir)| w.watched(dir));
+        tail.watched = watched;
         let _ = self.tailers[t].send(Control::Add(Box::new(tail)));
         Some(Known {
             path,
@@ -945,6 +1281,7 @@ impl Discovery {
             labels_pending,
             labels,
             start,
+            watched,
         })
     }
 }
@@ -1122,10 +1459,13 @@ mod tests {
             Duration::ZERO,
         );
         let list = |tree: &mut PodTree| {
-            let mut out = Vec::new();
-            assert!(tree.list(0, &mut out));
-            out.sort_by(|a, b| a.path.cmp(&b.path));
-            out
+            let mut out = Listing::default();
+            assert!(tree.list(0, None, &mut out));
+            // The root, the pod and its two containers are the directories to watch.
+            assert_eq!(out.dirs.len(), 4);
+            let mut found = out.found;
+            found.sort_by(|a, b| a.path.cmp(&b.path));
+            found
         };
         let first = list(&mut tree);
         assert_eq!(first.len(), 4);
@@ -1136,6 +1476,21 @@ mod tests {
         for (a, b) in first.iter().zip(&second) {
             assert!(Arc::ptr_eq(&a.labels, &b.labels), "{:?} rebuilt", b.path);
         }
+        // A scan of one container directory lists its files only, with the same label set.
+        let one = root.path().join("ns_web-1_uid-1").join("web");
+        let mut scoped = Listing::default();
+        assert!(tree.list(0, Some(&HashSet::from([one.clone()])), &mut scoped));
+        assert_eq!(scoped.found.len(), 2);
+        assert!(scoped
+            .found
+            .iter()
+            .all(|f| f.path.parent() == Some(one.as_path())));
+        let web = second
+            .iter()
+            .find(|f| f.path.parent() == Some(one.as_path()))
+            .unwrap();
+        assert!(Arc::ptr_eq(&scoped.found[0].labels, &web.labels));
+        assert_eq!(scoped.dirs, [(one, DirKind::Files)]);
         meta.0.lock().expect("lock").app = "web-v2".into();
         let third = list(&mut tree);
         for (a, b) in second.iter().zip(&third) {

@@ -8,6 +8,7 @@ pub mod io;
 pub mod recover;
 pub mod schedule;
 pub mod tail;
+pub mod watch;
 
 /// How a file's lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

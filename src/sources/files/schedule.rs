@@ -22,7 +22,7 @@ use crate::ring::RingTx;
 use crate::shutdown::Stop;
 use crate::sources::files::discover::Control;
 use crate::sources::files::io::{BatchIo, ReadReq};
-use crate::sources::files::tail::{Life, Tail};
+use crate::sources::files::tail::{Life, Tail, PARTIAL_FLUSH};
 use crate::sources::files::Format;
 use crate::telemetry::metrics::{Metrics, METRICS};
 
@@ -33,9 +33,8 @@ pub const BATCH: usize = 16;
 pub const READ_SIZE: usize = 128 << 10;
 
 const MAX_IDLE: Duration = Duration::from_millis(200);
-/// A CRI partial line with no `F` after this long is sent as it is: containerd writes output
-/// that ends without a newline as `P`, often a container's last words.
-const PARTIAL_FLUSH: Duration = Duration::from_secs(5);
+/// Longest wait for a control message while no file is due (watched files may sleep long).
+const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Read errors in a row after which a file that is gone is given up (and the rest counted lost).
 const MAX_ERRORS: u32 = 10;
 
@@ -143,8 +142,8 @@ impl Tailer {
                     .iter()
                     .map(|t| t.next_check)
                     .min()
-                    .map_or(MAX_IDLE, |t| t.saturating_duration_since(now))
-                    .clamp(Duration::from_millis(1), MAX_IDLE);
+                    .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
+                    .clamp(Duration::from_millis(1), MAX_WAIT);
                 match self.ctl.recv_timeout(next) {
                     Ok(msg) => self.control(msg),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -174,6 +173,14 @@ impl Tailer {
             let mut finished: Vec<FileKey> = Vec::new();
             for (slot, &fi) in picked.iter().enumerate() {
                 let result = std::mem::replace(&mut results[slot], Ok(0));
+                if let Ok(n) = result {
+                    // What was read is on disk: the read lag counts it before the next scan.
+                    let t = &self.files[fi];
+                    t.size_hint.fetch_max(
+                        t.read_offset + n as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 match result {
                     Ok(0) => {
                         let t = &mut self.files[fi];
@@ -323,7 +330,10 @@ impl Tailer {
     /// decides. Returns true when it was truncated (and the file starts again at 0).
     fn check_truncated(&mut self, fi: usize) -> bool {
         let t = &mut self.files[fi];
-        if t.size_seen() >= t.read_offset {
+        // Woken (a write event, or a scan that saw its size change): the size seen may be
+        // older than the truncation, so the descriptor decides.
+        let woken = std::mem::take(&mut t.woken);
+        if !woken && t.size_seen() >= t.read_offset {
             let seen = t.size_seen();
             t.note_size(seen);
             return false;
@@ -400,7 +410,7 @@ impl Tailer {
                 continue;
             }
             if t.file.is_none() {
-                let wants = t.size_seen() > t.read_offset || t.life == Life::Draining;
+                let wants = t.size_seen() > t.read_offset || t.life == Life::Draining || t.woken;
                 if !wants || !self.open_file(fi, picked) {
                     self.files[fi].next_check = now + MAX_IDLE;
                     continue;
@@ -494,6 +504,13 @@ impl Tailer {
                         path.display()
                     );
                     self.files[i].path = path;
+                }
+            }
+            Control::Wake { key } => {
+                if let Some(&i) = self.index.get(&key) {
+                    let t = &mut self.files[i];
+                    t.woken = true;
+                    t.next_check = t.next_check.min(Instant::now());
                 }
             }
             Control::Relabel { key, labels } => {

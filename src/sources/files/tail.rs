@@ -18,9 +18,15 @@ use crate::sources::files::cri::{self, Partials};
 use crate::sources::files::Format;
 use crate::telemetry::metrics::METRICS;
 
-/// The first pause of a file at its end; it doubles up to 8× (25 ms up to 200 ms), which bounds
-/// the latency of a quiet file's next line.
+/// The first pause of a polled file at its end; it doubles up to 8× (25 ms up to 200 ms), which
+/// bounds the latency of a quiet file's next line.
 const IDLE_STEP: Duration = Duration::from_millis(10);
+/// A watched file at its end waits for discovery's wake (a write event, or a rescan that found
+/// it grown); this is only the backstop.
+const WATCHED_IDLE: Duration = Duration::from_secs(60);
+/// A CRI partial line with no `F` after this long is sent as it is: containerd writes output
+/// that ends without a newline as `P`, often a container's last words.
+pub const PARTIAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// What happens to a file when its path no longer names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +100,10 @@ pub struct Tail {
     pub next_check: Instant,
     pub idle_rounds: u32,
     pub last_read: Instant,
+    /// Its directory has an inotify watch: at its end it waits to be woken, not polled.
+    pub watched: bool,
+    /// Woken since its last read: read it even if closed, and trust no stale size.
+    pub woken: bool,
 }
 
 impl Tail {
@@ -127,6 +137,8 @@ impl Tail {
             next_check: now,
             idle_rounds: 0,
             last_read: now,
+            watched: false,
+            woken: false,
         }
     }
 
@@ -136,11 +148,16 @@ impl Tail {
         self.restart = true;
     }
 
-    /// At the end for now: check again after a pause that grows while the file stays quiet.
+    /// At the end for now: a polled file is checked again after a pause that grows while it
+    /// stays quiet; a watched one when it is woken, or when a pending partial line is due.
     pub fn idle(&mut self, now: Instant) {
         self.idle_rounds = self.idle_rounds.saturating_add(1);
         let pause = IDLE_STEP * 2u32.saturating_pow(self.idle_rounds.min(3));
-        self.next_check = now + pause;
+        self.next_check = match (self.watched && self.life == Life::Live, self.has_pending()) {
+            (false, _) => now + pause,
+            (true, true) => (self.last_read + PARTIAL_FLUSH).max(now + pause),
+            (true, false) => now + WATCHED_IDLE,
+        };
     }
 
     /// The size discovery saw last.

@@ -370,9 +370,11 @@ impl PodTree {
                 let Some((namespace, pod, uid)) = parse_pod_dir(dir_name) else {
                     continue;
                 };
-                let mut pending = std::mem::take(&mut self.pending);
-                let (extra, meta) = self.pod_meta(dir_name, uid, now, &mut pending);
-                self.pending.extend(pending);
+                // Still pending: back into the map with its first sighting, so the wait is
+                // measured from then, whatever scans happen meanwhile.
+                let mut still = HashMap::new();
+                let (extra, meta) = self.pod_meta(dir_name, uid, now, &mut still);
+                self.pending.extend(still);
                 let pod = PodRef {
                     dir_name,
                     namespace,

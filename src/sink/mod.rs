@@ -476,11 +476,21 @@ impl SenderLoop {
     fn run(mut self, stop: &Stop) {
         let never = crossbeam_channel::never();
         let mut sealers_done = false;
+        // The stdout sink has no pushers, so its acks channel is closed from the start: once
+        // closed, it is not selected again (a closed channel is always ready, and selecting it
+        // spun this loop at 100 % of a core).
+        let mut pushers_gone = false;
+        let acks_never = crossbeam_channel::never();
         loop {
             let sealed = if sealers_done || self.outstanding >= self.outstanding_max {
                 &never
             } else {
                 &self.sealed
+            };
+            let acks = if pushers_gone {
+                &acks_never
+            } else {
+                &self.acks
             };
             crossbeam_channel::select! {
                 recv(sealed) -> m => match m {
@@ -496,10 +506,9 @@ impl SenderLoop {
                     }
                     Err(_) => sealers_done = true,
                 },
-                recv(self.acks) -> m => {
-                    if let Ok(a) = m {
-                        self.acked(a);
-                    }
+                recv(acks) -> m => match m {
+                    Ok(a) => self.acked(a),
+                    Err(_) => pushers_gone = true,
                 },
                 default(Duration::from_millis(100)) => {}
             }

@@ -12,8 +12,17 @@
 //! `sink::concurrency` allows.
 //!
 //! The batcher cuts a lane's batch when the next chunk would take it past `batch.max_bytes`,
-//! when it is `batch.max_wait` old, or at once when every source is idle (a quiet node gets its
-//! lines with low latency), and numbers it. The open batches of all lanes together hold at most
+//! when it is `batch.max_wait` old, or when every source is idle and the oldest open batch has
+//! waited [`IDLE_LINGER`] (a quiet node gets its lines with low latency, and lines that trickle
+//! in from many files within that window share one push), and numbers it.
+//!
+//! Trickles. When it cuts because the sources are idle, the batcher merges the open batches of
+//! every lane that has nothing cut and unacked (`Lanes::outstanding`) into one batch, up to
+//! `batch.max_bytes`: twenty files writing a line each within the linger are one push, not
+//! twenty. A merged batch is pushed by one lane's pusher (its queue), and until it is acked
+//! every later batch of the lanes it carries goes to that same queue (`Lanes::route`), so each
+//! file's batches still reach Loki, and are acked, in the order they were cut. Only lanes with
+//! nothing outstanding are merged, so a merge never waits behind another lane's push. The open batches of all lanes together hold at most
 //! half the lanes' worth of `batch.max_bytes` in memory (chunk capacities, not only line
 //! bytes); past that the largest is cut early, so memory does not grow with the lane count. Sealers, as many as tailer threads, encode and
 //! compress batches side by side: snappy is the largest cost of the whole pipeline (see
@@ -35,7 +44,7 @@ pub mod stdout;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,19 +79,60 @@ pub struct Progress {
     pub pending_since: AtomicU64,
 }
 
+/// How long the batcher lets an open batch wait for more lines once every source is idle.
+/// Long enough for the lines of one burst of writes to many files (inotify events are gathered
+/// for 20 ms, then each file is read) to share a push; short against the latency targets
+/// (a new file's first line acked within 100 ms).
+pub const IDLE_LINGER: Duration = Duration::from_millis(50);
+
 /// A batch as the batcher cut it; `seq` numbers batches from 0 in the order they were cut.
+/// `queue` is the lane whose pusher sends it; `lanes` are the lanes whose chunks it holds
+/// (one, or several for a merged batch).
 struct Cut {
     seq: u64,
-    lane: usize,
+    queue: usize,
+    lanes: Vec<usize>,
     chunks: Vec<Chunk>,
     entries: u64,
+}
+
+/// What the batcher and the sender share about the lanes: how many batches of each lane are
+/// cut and not yet acked (or dropped). The batcher only raises a count, the sender only lowers
+/// it, so a lane the batcher sees at 0 has nothing anywhere in the pipeline.
+struct Lanes {
+    outstanding: Vec<AtomicUsize>,
+}
+
+impl Lanes {
+    fn new(n: usize) -> Arc<Lanes> {
+        Arc::new(Lanes {
+            outstanding: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        })
+    }
+
+    fn idle(&self, lane: usize) -> bool {
+        self.outstanding[lane].load(Ordering::Acquire) == 0
+    }
+
+    fn add(&self, lanes: &[usize]) {
+        for &l in lanes {
+            self.outstanding[l].fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn done(&self, lanes: &[usize]) {
+        for &l in lanes {
+            self.outstanding[l].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// A batch ready to send: its positions, the compressed `PushRequest` in `body` for Loki (the
 /// buffer is reused), and for stdout its chunks (for Loki they are recycled once sealed).
 struct Sealed {
     seq: u64,
-    lane: usize,
+    queue: usize,
+    lanes: Vec<usize>,
     chunks: Vec<Chunk>,
     advances: Vec<Advance>,
     body: Vec<u8>,
@@ -172,7 +222,10 @@ pub fn start(
     let outstanding_max = lanes + sealers;
     let (bodies_tx, bodies_rx) = crossbeam_channel::bounded(sealers + outstanding_max);
     let recycler = rx.recycler();
+    let shared_lanes = Lanes::new(lanes);
     let batcher = Batcher {
+        lanes: shared_lanes.clone(),
+        route: (0..lanes).collect(),
         recycler: recycler.clone(),
         rx,
         cuts: cut_tx,
@@ -223,9 +276,11 @@ pub fn start(
         waiting: BTreeMap::new(),
         next_seq: 0,
         bodies: bodies_tx,
+        spare_bodies: bodies_rx.clone(),
         recycler: recycler.clone(),
         stdout,
         lanes: lane_txs,
+        shared_lanes,
         acks: acks_rx,
         outstanding: 0,
         outstanding_max,
@@ -278,6 +333,10 @@ struct Open {
 
 struct Batcher {
     rx: RingRx,
+    lanes: Arc<Lanes>,
+    /// The queue each lane's batches go to: its own, or while a merged batch that carries it
+    /// is outstanding, that batch's.
+    route: Vec<usize>,
     recycler: Recycler,
     cuts: Sender<Cut>,
     next_seq: u64,
@@ -293,7 +352,8 @@ impl Batcher {
     fn run(mut self, stop: &Stop) {
         loop {
             let oldest = self.open.iter().filter_map(|o| o.started).min();
-            let wait = oldest.map_or(Duration::from_millis(100), |t| {
+            // Nothing open: nothing to cut until a chunk comes (the sources hang up at stop).
+            let wait = oldest.map_or(Duration::from_secs(1), |t| {
                 self.max_wait
                     .saturating_sub(t.elapsed())
                     .clamp(Duration::from_millis(1), Duration::from_millis(20))
@@ -325,11 +385,14 @@ impl Batcher {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let idle = self.rx.sources_idle();
+            let linger = IDLE_LINGER.min(self.max_wait);
+            if oldest.is_some_and(|t| t.elapsed() >= linger) && self.rx.sources_idle() {
+                self.cut_idle(stop);
+            }
             for lane in 0..self.open.len() {
                 if self.open[lane]
                     .started
-                    .is_some_and(|t| idle || t.elapsed() >= self.max_wait)
+                    .is_some_and(|t| t.elapsed() >= self.max_wait)
                 {
                     self.cut(lane, stop);
                 }
@@ -346,20 +409,75 @@ impl Batcher {
     /// Hands a lane's batch to a sealer (blocking while every sealer is busy and one batch
     /// waits).
     fn cut(&mut self, lane: usize, stop: &Stop) {
-        let open = std::mem::take(&mut self.open[lane]);
-        if open.chunks.is_empty() {
+        if self.open[lane].chunks.is_empty() {
             return;
         }
-        self.open_bytes -= open.footprint;
-        let entries = open.chunks.iter().map(|c| c.entries.len() as u64).sum();
+        if self.lanes.idle(lane) {
+            self.route[lane] = lane;
+        }
+        self.send_cut(self.route[lane], vec![lane], stop);
+    }
+
+    /// Every source is idle: the open batches of lanes with nothing outstanding are merged into
+    /// batches of up to `batch.max_bytes` (see the module doc), the others cut on their own.
+    fn cut_idle(&mut self, stop: &Stop) {
+        let mut group: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        for lane in 0..self.open.len() {
+            let (empty, open_bytes) = (self.open[lane].chunks.is_empty(), self.open[lane].bytes);
+            if empty {
+                continue;
+            }
+            if !self.lanes.idle(lane) {
+                self.cut(lane, stop);
+                continue;
+            }
+            if !group.is_empty() && bytes + open_bytes > self.max_bytes {
+                self.cut_group(std::mem::take(&mut group), stop);
+                bytes = 0;
+            }
+            bytes += open_bytes;
+            group.push(lane);
+        }
+        if !group.is_empty() {
+            self.cut_group(group, stop);
+        }
+    }
+
+    /// One batch of several idle lanes' open batches, sent by the first lane's pusher.
+    fn cut_group(&mut self, group: Vec<usize>, stop: &Stop) {
+        let queue = group[0];
+        for &l in &group {
+            self.route[l] = queue;
+        }
+        self.send_cut(queue, group, stop);
+    }
+
+    /// Takes the open batches of `lanes` as one batch for `queue`, and hands it to a sealer
+    /// (blocking while every sealer is busy and one batch waits).
+    fn send_cut(&mut self, queue: usize, lanes: Vec<usize>, stop: &Stop) {
+        let mut chunks = Vec::new();
+        for &l in &lanes {
+            let open = std::mem::take(&mut self.open[l]);
+            self.open_bytes -= open.footprint;
+            if chunks.is_empty() {
+                chunks = open.chunks;
+            } else {
+                chunks.extend(open.chunks);
+            }
+        }
+        let entries = chunks.iter().map(|c| c.entries.len() as u64).sum();
+        self.lanes.add(&lanes);
         let cut = Cut {
             seq: self.next_seq,
-            lane,
-            chunks: open.chunks,
+            queue,
+            lanes,
+            chunks,
             entries,
         };
         self.next_seq += 1;
         if let Err(c) = hand_off(&self.cuts, cut, stop) {
+            self.lanes.done(&c.lanes);
             drop_unsent(&self.recycler, c.chunks);
         }
     }
@@ -382,15 +500,13 @@ struct Sealer {
 impl Sealer {
     fn run(mut self, stop: &Stop) {
         loop {
-            match self.cuts.recv_timeout(Duration::from_millis(100)) {
-                Ok(cut) => {
-                    let sealed = self.seal(cut);
-                    if let Err(s) = hand_off(&self.sealed, sealed, stop) {
-                        drop_unsent(&self.recycler, s.chunks);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            // The batcher hangs up when it ends (at stop, or at the deadline).
+            let Ok(cut) = self.cuts.recv() else {
+                return;
+            };
+            let sealed = self.seal(cut);
+            if let Err(s) = hand_off(&self.sealed, sealed, stop) {
+                drop_unsent(&self.recycler, s.chunks);
             }
             if stop.past_deadline() {
                 return;
@@ -430,7 +546,8 @@ impl Sealer {
         }
         Sealed {
             seq: cut.seq,
-            lane: cut.lane,
+            queue: cut.queue,
+            lanes: cut.lanes,
             chunks: cut.chunks,
             advances,
             body,
@@ -459,11 +576,14 @@ struct SenderLoop {
     /// The batch to dispatch next.
     next_seq: u64,
     bodies: Sender<Vec<u8>>,
+    /// The other end of `bodies`: emptied once the writer is idle (see `run`).
+    spare_bodies: Receiver<Vec<u8>>,
     recycler: Recycler,
     /// `Some` for stdout (with the tap's filter, if any): batches are written here, in order.
     stdout: Option<Option<Filter>>,
     /// For Loki: each lane's pusher.
     lanes: Vec<Sender<Sealed>>,
+    shared_lanes: Arc<Lanes>,
     acks: Receiver<Acked>,
     /// Batches handed to the lanes and not acked yet.
     outstanding: usize,
@@ -510,7 +630,20 @@ impl SenderLoop {
                     Ok(a) => self.acked(a),
                     Err(_) => pushers_gone = true,
                 },
-                default(Duration::from_millis(100)) => {}
+                // With nothing outstanding, every way to stop wakes the select (the sealers hang
+                // up); with pushes out, the stop deadline is checked every 100 ms.
+                default(if self.outstanding == 0 {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(100)
+                }) => {
+                    // Idle for a second: the bodies kept for reuse (up to one per batch in
+                    // flight, each up to a compressed batch.max_bytes) go back to the
+                    // allocator, so a node's quiet hours do not hold its last burst's memory.
+                    if self.outstanding == 0 {
+                        while self.spare_bodies.try_recv().is_ok() {}
+                    }
+                }
             }
             self.positions.maybe_save();
             if stop.past_deadline() || (sealers_done && self.outstanding == 0) {
@@ -538,8 +671,8 @@ impl SenderLoop {
         }
         self.outstanding += 1;
         let Some(filter) = &self.stdout else {
-            let lane = batch.lane;
-            if let Err(e) = self.lanes[lane].send(batch) {
+            let queue = batch.queue;
+            if let Err(e) = self.lanes[queue].send(batch) {
                 self.acked(Acked {
                     batch: e.into_inner(),
                     delivered: false,
@@ -556,6 +689,7 @@ impl SenderLoop {
     fn acked(&mut self, a: Acked) {
         self.outstanding -= 1;
         let Acked { batch, delivered } = a;
+        self.shared_lanes.done(&batch.lanes);
         if delivered {
             for adv in &batch.advances {
                 self.positions.apply(adv);
@@ -590,15 +724,9 @@ impl Pusher {
     /// at the stop deadline (the rest of the lane is then read again after the restart).
     fn run_lane(&self, rx: &Receiver<Sealed>, acks: &Sender<Acked>, stop: &Stop) {
         loop {
-            let batch = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(b) => b,
-                Err(RecvTimeoutError::Timeout) => {
-                    if stop.past_deadline() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
+            // The sender hangs up when it ends (at stop, or at the deadline).
+            let Ok(batch) = rx.recv() else {
+                return;
             };
             let delivered = batch.entries == 0
                 || match self.push(&batch.body, batch.entries, stop) {

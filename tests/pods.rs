@@ -676,6 +676,75 @@ fn with_inotify_new_files_and_writes_are_shipped_without_the_rescan() {
     stop(&mut rt);
 }
 
+/// The kernel's inotify queue limit, lowered while a ringtail creates its inotify instance (the
+/// limit is taken when the instance is made), and put back when dropped.
+struct SmallInotifyQueue(String);
+
+const MAX_QUEUED: &str = "/proc/sys/fs/inotify/max_queued_events";
+
+impl SmallInotifyQueue {
+    fn set(events: u32) -> SmallInotifyQueue {
+        let was = std::fs::read_to_string(MAX_QUEUED)
+            .unwrap_or_else(|e| panic!("read {MAX_QUEUED}: {e}"));
+        std::fs::write(MAX_QUEUED, events.to_string()).unwrap_or_else(|e| {
+            panic!("write {MAX_QUEUED} (the suite runs as root, as on CI): {e}")
+        });
+        SmallInotifyQueue(was)
+    }
+}
+
+impl Drop for SmallInotifyQueue {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_QUEUED, self.0.trim());
+    }
+}
+
+/// inotify's queue overflows (8 events for a burst of thousands): the full scan that follows
+/// finds every write and a container made meanwhile, with the safety rescan an hour away.
+/// Nothing is lost and nothing is shipped twice.
+#[test]
+fn an_inotify_queue_overflow_rescans_and_loses_and_duplicates_nothing() {
+    let mut w = World::new();
+    let pod = w.pod("ns", "busy", "u-b");
+    let mut logs: Vec<ContainerLog> = (0..6).map(|c| pod.container(&format!("c{c}"))).collect();
+    let mut want: Vec<Expected> = Vec::new();
+    let write = |logs: &mut Vec<ContainerLog>, tag: &str, want: &mut Vec<Expected>| {
+        // Line by line across the files: no two events in a row are alike, so the kernel
+        // cannot merge them.
+        for i in 0..300 {
+            for log in logs.iter_mut() {
+                let l = labels("ns", "busy", log.name());
+                let line = format!("{} {tag} {i}", log.name());
+                write_tagged(log, &l, std::iter::once(line), want);
+            }
+        }
+    };
+    write(&mut logs, "before", &mut want);
+    let mut rt = {
+        let _small = SmallInotifyQueue::set(8);
+        w.start("tail: { inotify: true, rescan: 1h }\n")
+    };
+    wait_entries(&w.rx, want.len(), &rt);
+    write(&mut logs, "during", &mut want);
+    logs.push(pod.container("late"));
+    write(&mut logs, "after", &mut want);
+    wait_entries(&w.rx, want.len(), &rt);
+    w.rx.wait_quiet(Duration::from_millis(500));
+    assert_exactly(&w.rx, &want);
+    let m = metrics(w.port);
+    assert!(
+        metric_value(&m, "ringtail_inotify_overflows_total").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        rt.stderr_text()
+            .contains("inotify's event queue overflowed"),
+        "{}",
+        rt.logs()
+    );
+    stop(&mut rt);
+}
+
 /// Past `tail.max_watches`, directories go without a watch: their files are polled, every line
 /// still arrives, and the metric and one warning say how many.
 #[test]

@@ -805,6 +805,7 @@ impl Discovery {
                 Event::FilesChanged(dir) => {
                     dirs.insert(dir.clone());
                 }
+                Event::DirCreated(dir) => self.created_dir(dir, &mut dirs),
                 Event::TreeChanged => tree = true,
                 Event::Overflow => overflow = true,
             }
@@ -824,6 +825,36 @@ impl Discovery {
         } else {
             self.note_written_sizes();
             self.send_wakes();
+        }
+    }
+
+    /// A directory made in the pod tree: a container's is listed like one whose files changed;
+    /// a pod's is watched, then its container directories are (a container made after this
+    /// look is its own event). A full scan for each new pod would cost as much as the safety
+    /// rescan, on every pod start.
+    fn created_dir(&mut self, dir: &Path, dirs: &mut HashSet<PathBuf>) {
+        let depth = self.catalogs.iter().find_map(|c| match c {
+            Catalog::Pods(t) => dir.strip_prefix(&t.root).ok().map(|rel| rel.iter().count()),
+            Catalog::Fixed(_) => None,
+        });
+        match depth {
+            Some(1) => {
+                if let Some(w) = self.watcher.as_mut() {
+                    // Refused: the next full scan counts it among the polled.
+                    let _ = w.watch(dir, DirKind::Tree);
+                }
+                if let Ok(containers) = std::fs::read_dir(dir) {
+                    for c in containers.flatten() {
+                        if c.file_type().is_ok_and(|t| t.is_dir()) {
+                            dirs.insert(c.path());
+                        }
+                    }
+                }
+            }
+            Some(2) => {
+                dirs.insert(dir.to_path_buf());
+            }
+            _ => {}
         }
     }
 

@@ -41,7 +41,10 @@ pub enum Event {
     Written(PathBuf),
     /// A file of this [`DirKind::Files`] directory was created, renamed or removed.
     FilesChanged(PathBuf),
-    /// A directory of the tree appeared, went, or a watched directory itself went.
+    /// A directory was made in (or moved into) a [`DirKind::Tree`] directory: a new pod's, or a
+    /// new container's. Discovery lists just that directory.
+    DirCreated(PathBuf),
+    /// A directory of the tree went or was renamed, or a watched directory itself went.
     TreeChanged,
     /// The queue overflowed: events were lost.
     Overflow,
@@ -203,6 +206,12 @@ impl Watcher {
                 _ if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 => {
                     Event::TreeChanged
                 }
+                DirKind::Tree
+                    if ev.mask & libc::IN_ISDIR != 0
+                        && ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 =>
+                {
+                    Event::DirCreated(dir.join(OsStr::from_bytes(name)))
+                }
                 DirKind::Tree => Event::TreeChanged,
                 DirKind::Files if ev.mask & libc::IN_MODIFY != 0 => {
                     Event::Written(dir.join(OsStr::from_bytes(name)))
@@ -246,7 +255,18 @@ mod tests {
         std::fs::rename(&log, dir.join("0.log.20261207-100000")).unwrap();
         assert_eq!(events(&mut w), [Event::FilesChanged(dir.clone())]);
         std::fs::create_dir(root.path().join("ns_q_v")).unwrap();
-        assert_eq!(events(&mut w), [Event::TreeChanged]);
+        assert_eq!(
+            events(&mut w),
+            [Event::DirCreated(root.path().join("ns_q_v"))]
+        );
+        std::fs::rename(root.path().join("ns_q_v"), root.path().join("ns_q_w")).unwrap();
+        assert_eq!(
+            events(&mut w),
+            [
+                Event::TreeChanged,
+                Event::DirCreated(root.path().join("ns_q_w"))
+            ]
+        );
 
         // A watched directory that goes takes its watch with it (once nothing holds a file of
         // it open: an open file keeps its directory's inode).

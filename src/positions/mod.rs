@@ -25,6 +25,7 @@
 pub mod store;
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -282,7 +283,11 @@ impl Positions {
         let cpu_before = thread_cpu();
         let result = {
             let mut files: Vec<&FilePos> = self.files.values().collect();
-            files.sort_by(|a, b| a.path.cmp(&b.path));
+            // By bytes: the order only makes the file deterministic, and comparing paths by
+            // components was half the cost of a write with 2,000 files (perf, trickle bench).
+            files.sort_unstable_by(|a, b| {
+                (a.path.as_os_str().as_bytes(), a.ino).cmp(&(b.path.as_os_str().as_bytes(), b.ino))
+            });
             store::save(&self.dir, &files, self.journal_cursor.as_deref(), durable)
         };
         self.last_write = Instant::now();

@@ -20,6 +20,8 @@
 //! | `E2E_RATE`     | 0          | latency mode when > 0: the files start with one line each and a writer appends to all of them at this many MB/s for `E2E_SECS`, while ringtail runs; each line's latency, from the write that made it visible to the receiver reading the push that carries it (and answering 204), is collected into percentiles and a histogram |
 //! | `E2E_SECS`     | 10         | seconds of writing in latency mode                             |
 //! | `E2E_BIN`      | this build | `name=path,name=path`: ringtail binaries to compare in one run, taking turns run by run (e.g. a build of the previous commit against this one); ratios to the first are printed |
+//! | `E2E_IDLE`     | unset      | idle modes instead of throughput: `quiet`, `trickle`, `new`, or a list (`quiet,trickle,new`); the tree is shipped first, then `E2E_SECS` (default 30 here) are measured (see `e2e/idle.rs`) |
+//! | `E2E_TRICKLE`  | 20         | files that get one line a second each in `trickle` mode        |
 //!
 //! Without `--bench` (`cargo test --benches`), it runs a small smoke configuration instead.
 //!
@@ -48,6 +50,8 @@ use ringtail::sink::proto::PushRequest;
 
 #[path = "common/gen.rs"]
 mod gen;
+#[path = "e2e/idle.rs"]
+mod idle;
 #[path = "common/stats.rs"]
 mod stats;
 use stats::{median, spread};
@@ -91,6 +95,11 @@ struct Settings {
     /// Latency mode: bytes per second written while ringtail runs (0: throughput mode).
     rate: f64,
     write_for: Duration,
+    /// Idle modes to run instead of throughput, the window each measures, and the files that
+    /// trickle.
+    idle: Vec<idle::Mode>,
+    idle_secs: Duration,
+    trickle: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -165,6 +174,18 @@ impl Settings {
             },
             rate: env_or::<f64>("E2E_RATE", 0.0) * 1e6,
             write_for: Duration::from_secs(env_or("E2E_SECS", 10)),
+            idle: env_or("E2E_IDLE", String::new())
+                .split(',')
+                .filter(|m| !m.trim().is_empty())
+                .map(|m| {
+                    idle::Mode::parse(m.trim()).unwrap_or_else(|| {
+                        eprintln!("e2e: E2E_IDLE: {m:?} is not quiet, trickle or new");
+                        std::process::exit(2)
+                    })
+                })
+                .collect(),
+            idle_secs: Duration::from_secs(env_or("E2E_SECS", 30)),
+            trickle: env_or("E2E_TRICKLE", 20),
             bins: match std::env::var("E2E_BIN") {
                 Ok(list) if !list.trim().is_empty() => list
                     .split(',')
@@ -405,10 +426,11 @@ impl Receiver {
         format!("http://127.0.0.1:{}/loki/api/v1/push", self.port)
     }
 
-    /// Latency mode: writing is over, and `lines` were written.
+    /// Writing is over, and the receiver is to wait for `lines` in all.
     fn expect(&self, lines: u64) {
         let mut c = self.shared.counts.lock().unwrap();
         c.expected = lines;
+        c.done_at = None;
         if c.done_at.is_none() && c.unique >= lines {
             c.done_at = Some(Instant::now());
             self.shared.cond.notify_all();
@@ -791,7 +813,6 @@ fn run_once(
         io,
     );
     fs::write(&config, yaml).expect("write config");
-    let stderr = fs::File::create(work.join("stderr.log")).expect("stderr file");
 
     let cpu0 = self_cpu_seconds();
     let t0 = Instant::now();
@@ -803,15 +824,7 @@ fn run_once(
     if kube.is_some() {
         cmd.env("KUBECONFIG", &kubeconfig);
     }
-    let mut child = cmd
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("start ringtail");
+    let mut child = spawn_run(cmd, &config, work);
     let pid = child.id();
     let (mut lines, mut bytes, mut t0) = (tree.lines, tree.bytes, t0);
     if let Some(w) = &written {
@@ -832,14 +845,7 @@ fn run_once(
     // Then idle: every line shipped, the files still tracked, nothing new to read.
     thread::sleep(Duration::from_secs(2));
     let idle_rss_mib = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
-    // SAFETY: kill has no memory preconditions; pid is our child, not yet reaped.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let exit = wait_exit(&mut child, Duration::from_secs(20));
-    if exit.is_none() {
-        eprintln!("e2e: ringtail did not exit within 20 s of SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let exit = stop_child(&mut child);
 
     let secs = end.duration_since(t0).as_secs_f64();
     let c = receiver.shared.counts.lock().unwrap();
@@ -970,15 +976,18 @@ fn write_load(tree: &Tree, s: &Settings, w: &Written) -> (u64, u64) {
     (gen.seq, bytes)
 }
 
+/// The `p` quantile, in ms, of sorted latencies in µs.
+fn percentile_ms(v: &[u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
 /// Latency percentiles of one configuration's runs (median [min..max] over runs), and a
 /// histogram of every line of them together.
 fn latency_summary(results: &[RunResult]) -> String {
-    let pct = |v: &[u32], p: f64| -> f64 {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-    };
+    let pct = percentile_ms;
     let mut sorted: Vec<Vec<u32>> = results.iter().map(|r| r.latencies.clone()).collect();
     for v in &mut sorted {
         v.sort_unstable();
@@ -1077,6 +1086,32 @@ fn busiest_summary(results: &[RunResult]) -> String {
         .join(", ")
 }
 
+/// Starts `ringtail run --config <config>`, its stderr in `<work>/stderr.log`.
+fn spawn_run(mut cmd: Command, config: &Path, work: &Path) -> Child {
+    let stderr = fs::File::create(work.join("stderr.log")).expect("stderr file");
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start ringtail")
+}
+
+/// SIGTERM, then its exit within 20 s (else it is killed, and None).
+fn stop_child(child: &mut Child) -> Option<ExitStatus> {
+    // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let exit = wait_exit(child, Duration::from_secs(20));
+    if exit.is_none() {
+        eprintln!("e2e: ringtail did not exit within 20 s of SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exit
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1162,6 +1197,57 @@ fn main() {
         "e2e: snappy alone (snap::raw::Encoder, 1 MiB blocks, same bytes): {} MB/s",
         spread(&snappy)
     );
+
+    if !s.idle.is_empty() {
+        let mut failed = false;
+        let mut summary = Vec::new();
+        for &mode in &s.idle {
+            let mut results: Vec<Vec<idle::IdleResult>> =
+                s.bins.iter().map(|_| Vec::new()).collect();
+            for r in 0..s.runs {
+                for (b, (name, bin)) in s.bins.iter().enumerate() {
+                    let work = tmp.path().join(format!("idle-{}-{r}-{b}", mode.name()));
+                    let res = idle::idle_once(bin, &tree, &work, mode, &s);
+                    println!(
+                        "  idle={} {name} run {}/{}: CPU {:.2} % of a core, {:.0} wakeups/s, \
+                         {} syscalls/s, VmRSS {:.1} MiB, {:.2} pushes/s, {} lines, lost {}",
+                        mode.name(),
+                        r + 1,
+                        s.runs,
+                        res.cpu_pct,
+                        res.wakeups_s,
+                        res.syscalls_s
+                            .map_or("n/a".to_string(), |n| format!("{n:.0}")),
+                        res.rss_mib,
+                        res.pushes_s,
+                        res.lines,
+                        res.lost
+                    );
+                    failed |= !res.ok;
+                    let _ = fs::remove_dir_all(&work);
+                    results[b].push(res);
+                }
+            }
+            for (b, (name, _)) in s.bins.iter().enumerate() {
+                let title = format!("idle={} threads={} {name}", mode.name(), s.threads[0]);
+                summary.push(idle::idle_summary(&title, &results[b]));
+            }
+        }
+        println!(
+            "\ne2e idle summary: {} files shipped first ({:.1} MiB), then a {} s window",
+            tree.files.len(),
+            tree.bytes as f64 / (1 << 20) as f64,
+            s.idle_secs.as_secs()
+        );
+        for line in &summary {
+            println!("  {line}");
+        }
+        if failed {
+            eprintln!("e2e: FAILED: lines were lost or ringtail failed");
+            std::process::exit(1);
+        }
+        return;
+    }
 
     let mut failed = false;
     let mut summary = Vec::new();

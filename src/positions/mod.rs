@@ -52,7 +52,11 @@ pub type EventsAck = Box<dyn FnMut(&EventsPos) + Send>;
 
 pub struct Positions {
     dir: PathBuf,
-    files: HashMap<FileKey, FilePos>,
+    files: HashMap<FileKey, Entry>,
+    /// `files` in the order they are written (path bytes, inode); rebuilt when a file comes,
+    /// goes or changes path, not on every write.
+    order: Vec<FileKey>,
+    order_stale: bool,
     /// The journal's cursor of the last acked entry.
     journal_cursor: Option<String>,
     events_ack: Option<EventsAck>,
@@ -68,6 +72,24 @@ pub struct Positions {
     interval: Duration,
     /// Started at the first plain write.
     syncer: Option<Arc<Syncer>>,
+}
+
+/// A file's position and its rendered JSON ([`store::render`]), empty while to render.
+struct Entry {
+    pos: FilePos,
+    json: Vec<u8>,
+    /// The path cannot be rendered (not UTF-8); said once, tried again if the path changes.
+    unrenderable: bool,
+}
+
+impl Entry {
+    fn new(pos: FilePos) -> Entry {
+        Entry {
+            pos,
+            json: Vec::new(),
+            unrenderable: false,
+        }
+    }
 }
 
 /// Asks the syncer thread for an fsync of the positions file.
@@ -149,7 +171,13 @@ impl Positions {
     pub fn new(dir: PathBuf, loaded: &store::Loaded, interval: Duration) -> Positions {
         Positions {
             dir,
-            files: loaded.files.iter().map(|p| (p.key(), p.clone())).collect(),
+            files: loaded
+                .files
+                .iter()
+                .map(|p| (p.key(), Entry::new(p.clone())))
+                .collect(),
+            order: Vec::new(),
+            order_stale: true,
             journal_cursor: loaded.journal_cursor.clone(),
             events_ack: None,
             committed: Arc::new(Committed(Mutex::new(
@@ -205,37 +233,47 @@ impl Positions {
         if a.kind == AdvanceKind::Done {
             self.files.remove(&a.file);
             self.committed.offsets().remove(&a.file);
+            self.order_stale = true;
             return;
         }
-        let entry = self.files.entry(a.file).or_insert_with(|| FilePos {
-            path: a.path.to_path_buf(),
-            dev: a.file.dev,
-            ino: a.file.ino,
-            fp_len: 0,
-            fp_hash: 0,
-            offset: a.from,
+        let entry = self.files.entry(a.file).or_insert_with(|| {
+            self.order_stale = true;
+            Entry::new(FilePos {
+                path: a.path.to_path_buf(),
+                dev: a.file.dev,
+                ino: a.file.ino,
+                fp_len: 0,
+                fp_hash: 0,
+                offset: a.from,
+            })
         });
-        if a.kind == AdvanceKind::Continue && entry.offset != a.from {
+        let p = &mut entry.pos;
+        if a.kind == AdvanceKind::Continue && p.offset != a.from {
             METRICS.positions_gaps.inc();
             log::error!(
                 "position gap in {}: committed {} but the next acked range starts at {}; \
                  taking {} (please report this)",
                 a.path.display(),
-                entry.offset,
+                p.offset,
                 a.from,
                 a.to
             );
         }
-        entry.offset = a.to;
-        entry.path = a.path.to_path_buf();
-        entry.fp_len = a.fingerprint.len;
-        entry.fp_hash = a.fingerprint.hash;
+        p.offset = a.to;
+        if *p.path != *a.path {
+            p.path = a.path.to_path_buf();
+            entry.unrenderable = false;
+            self.order_stale = true;
+        }
+        p.fp_len = a.fingerprint.len;
+        p.fp_hash = a.fingerprint.hash;
+        entry.json.clear();
         self.committed.offsets().insert(a.file, a.to);
     }
 
     /// The committed offset of a file, if any.
     pub fn offset(&self, key: &FileKey) -> Option<u64> {
-        self.files.get(key).map(|p| p.offset)
+        self.files.get(key).map(|e| e.pos.offset)
     }
 
     /// Puts each `.gz` found to hold the rest of a gone file in that file's place (see
@@ -245,9 +283,10 @@ impl Positions {
         for r in recoveries {
             self.files.remove(&r.was);
             offsets.remove(&r.was);
-            self.files.insert(r.pos.key(), r.pos.clone());
+            self.files.insert(r.pos.key(), Entry::new(r.pos.clone()));
             offsets.insert(r.pos.key(), r.pos.offset);
             self.dirty = true;
+            self.order_stale = true;
         }
     }
 
@@ -257,6 +296,7 @@ impl Positions {
         self.files.retain(|k, _| keep(k));
         self.committed.offsets().retain(|k, _| keep(k));
         self.dirty |= self.files.len() != before;
+        self.order_stale |= self.files.len() != before;
     }
 
     /// Writes the file if something changed (see the module doc for when), and has it fsynced.
@@ -281,15 +321,12 @@ impl Positions {
     /// Errors are logged loudly and counted; the previous file stays intact.
     fn write(&mut self, durable: bool) {
         let cpu_before = thread_cpu();
-        let result = {
-            let mut files: Vec<&FilePos> = self.files.values().collect();
-            // By bytes: the order only makes the file deterministic, and comparing paths by
-            // components was half the cost of a write with 2,000 files (perf, trickle bench).
-            files.sort_unstable_by(|a, b| {
-                (a.path.as_os_str().as_bytes(), a.ino).cmp(&(b.path.as_os_str().as_bytes(), b.ino))
-            });
-            store::save(&self.dir, &files, self.journal_cursor.as_deref(), durable)
-        };
+        self.render();
+        let files = self.order.iter().filter_map(|k| {
+            let json = &self.files.get(k)?.json;
+            (!json.is_empty()).then_some(json.as_slice())
+        });
+        let result = store::save(&self.dir, files, self.journal_cursor.as_deref(), durable);
         self.last_write = Instant::now();
         self.last_write_cpu = thread_cpu().saturating_sub(cpu_before);
         match result {
@@ -309,6 +346,38 @@ impl Positions {
                      re-send lines since the last good write. Check that data_dir is writable and \
                      not full",
                     self.dir.join(store::FILE_NAME).display()
+                );
+            }
+        }
+    }
+
+    /// Brings `order` and the rendered entries up to date. An entry whose path JSON cannot hold
+    /// is left out of the file, and said once: that file is read again from its start after a
+    /// restart (duplicates, not loss).
+    fn render(&mut self) {
+        if self.order_stale {
+            self.order.clear();
+            self.order.extend(self.files.keys().copied());
+            let files = &self.files;
+            // By bytes: the order only makes the file deterministic, and comparing paths by
+            // components was half the cost of a write with 2,000 files (perf, trickle bench).
+            self.order.sort_unstable_by(|a, b| {
+                let (a, b) = (&files[a].pos, &files[b].pos);
+                (a.path.as_os_str().as_bytes(), a.ino).cmp(&(b.path.as_os_str().as_bytes(), b.ino))
+            });
+            self.order_stale = false;
+        }
+        for e in self.files.values_mut() {
+            if !e.json.is_empty() || e.unrenderable {
+                continue;
+            }
+            if let Err(err) = store::render(&e.pos, &mut e.json) {
+                e.json.clear();
+                e.unrenderable = true;
+                log::error!(
+                    "cannot keep the position of {}: {err}; after a restart it is read again \
+                     from its start",
+                    e.pos.path.display()
                 );
             }
         }
@@ -393,6 +462,63 @@ mod tests {
         assert_eq!(
             (loaded[0].ino, loaded[0].offset, loaded[0].fp_hash),
             (1, 3, 9)
+        );
+    }
+
+    /// Entries are rendered once per change: what is written follows every change (offset,
+    /// path, files that come and go), sorted by path, and a path that JSON cannot hold leaves
+    /// that file out, not the whole write.
+    #[test]
+    fn each_write_holds_every_change_in_path_order() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), Duration::ZERO);
+        let at = |ino: u64, path: &[u8], from: u64, to: u64| {
+            Advance::File(FileAdvance {
+                source: "pods",
+                file: FileKey { dev: 1, ino },
+                path: Arc::from(Path::new(std::ffi::OsStr::from_bytes(path))),
+                fingerprint: Fingerprint { len: 3, hash: ino },
+                from,
+                to,
+                kind: AdvanceKind::Continue,
+            })
+        };
+        let on_disk = |dir: &Path| -> Vec<(String, u64, u64)> {
+            store::load(dir)
+                .unwrap()
+                .files
+                .into_iter()
+                .map(|f| (f.path.display().to_string(), f.ino, f.offset))
+                .collect()
+        };
+        p.apply(&at(2, b"/x/b/0.log", 0, 10));
+        p.apply(&at(1, b"/x/a/0.log", 0, 5));
+        p.apply(&at(3, b"/x/\xff/0.log", 0, 7));
+        p.save();
+        assert_eq!(
+            on_disk(dir.path()),
+            [("/x/a/0.log".into(), 1, 5), ("/x/b/0.log".into(), 2, 10)]
+        );
+        // An offset, then a rename (kubelet's rotation) that moves the file after the other.
+        p.apply(&at(1, b"/x/a/0.log", 5, 8));
+        p.save();
+        assert_eq!(on_disk(dir.path())[0], ("/x/a/0.log".into(), 1, 8));
+        p.apply(&at(1, b"/x/c/0.log.20261207-100000", 8, 9));
+        p.apply(&at(2, b"/x/b/0.log", 10, 11));
+        p.save();
+        assert_eq!(
+            on_disk(dir.path()),
+            [
+                ("/x/b/0.log".into(), 2, 11),
+                ("/x/c/0.log.20261207-100000".into(), 1, 9)
+            ]
+        );
+        p.apply(&adv(2, 11, 11, AdvanceKind::Done));
+        p.save();
+        assert_eq!(
+            on_disk(dir.path()),
+            [("/x/c/0.log.20261207-100000".into(), 1, 9)]
         );
     }
 

@@ -406,12 +406,17 @@ impl Metrics {
     }
 
     /// Discovery's per-source gauges.
-    pub fn source_gauges(&self, source: &'static str, files: i64, streams: i64, lag: u64) {
+    /// Sets `ringtail_files_tracked` and `ringtail_streams_tracked` of a file source.
+    pub fn source_counts(&self, source: &'static str, files: i64, streams: i64) {
         let l = vec![("source", source.to_string())];
         self.files_tracked.get_or_create(&l).set(files);
         self.streams_tracked.get_or_create(&l).set(streams);
+    }
+
+    /// Sets `ringtail_read_lag_bytes` of a file source.
+    pub fn read_lag(&self, source: &'static str, lag: u64) {
         self.read_lag
-            .get_or_create(&l)
+            .get_or_create(&vec![("source", source.to_string())])
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 

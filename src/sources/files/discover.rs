@@ -668,8 +668,9 @@ pub struct Discovery {
     /// Files to wake once the scan is done: their size changed, and no event said so.
     wake: HashSet<FileKey>,
     listing: Listing,
-    /// When the gauges were last set.
+    /// When the read lag was last set, and whether it was above 0.
     reported: Instant,
+    lagging: bool,
 }
 
 impl Discovery {
@@ -704,6 +705,7 @@ impl Discovery {
             wake: HashSet::new(),
             listing: Listing::default(),
             reported: Instant::now(),
+            lagging: false,
         }
     }
 
@@ -756,9 +758,12 @@ impl Discovery {
         let mut follow_up: Option<(Instant, HashSet<PathBuf>)> = None;
         while !stop.stopping() {
             let now = Instant::now();
-            let until = follow_up
+            let mut until = follow_up
                 .as_ref()
                 .map_or(next_rescan, |(at, _)| (*at).min(next_rescan));
+            if self.lagging {
+                until = until.min(self.reported + POLL_EVERY);
+            }
             let wait = until.saturating_duration_since(now).min(STOP_CHECK);
             if self.watcher.as_ref().is_some_and(|w| w.wait(wait)) {
                 // Let a burst gather: one look for many events.
@@ -773,6 +778,8 @@ impl Discovery {
             if now >= next_rescan {
                 self.scan();
                 next_rescan = now + self.rescan;
+            } else if self.lagging && now >= self.reported + POLL_EVERY {
+                self.report_lag();
             } else if let Some((_, dirs)) = follow_up.take_if(|(at, _)| now >= *at) {
                 self.scan_in(Some(&dirs));
             }
@@ -881,7 +888,7 @@ impl Discovery {
             }
         }
         if self.reported.elapsed() >= POLL_EVERY {
-            self.report();
+            self.report_lag();
         }
     }
 
@@ -1097,34 +1104,26 @@ impl Discovery {
         }
     }
 
-    /// Per source: files being tailed, distinct streams among them, and the read lag (bytes on
-    /// disk not yet acked by Loki).
+    /// Per source, at the end of a scan: files being tailed and distinct streams among them;
+    /// then the read lag.
     fn report(&mut self) {
-        self.reported = Instant::now();
-        let mut per: HashMap<&'static str, (i64, HashSet<&str>, u64)> = self
+        let mut per: HashMap<&'static str, (i64, HashSet<&str>)> = self
             .catalogs
             .iter()
-            .map(|c| (c.source(), (0, HashSet::new(), 0)))
+            .map(|c| (c.source(), (0, HashSet::new())))
             .collect();
-        let committed = self.committed.as_ref().map(|c| c.offsets());
-        for (key, k) in &self.known {
-            if k.tailer.is_none() {
-                continue;
+        for k in self.known.values().filter(|k| k.tailer.is_some()) {
+            if let Some(e) = self
+                .catalogs
+                .get(k.catalog)
+                .and_then(|c| per.get_mut(c.source()))
+            {
+                e.0 += 1;
+                e.1.insert(k.labels.rendered());
             }
-            let Some(s) = self.catalogs.get(k.catalog).map(|c| c.source()) else {
-                continue;
-            };
-            let e = per.entry(s).or_insert_with(|| (0, HashSet::new(), 0));
-            e.0 += 1;
-            e.1.insert(k.labels.rendered());
-            let done = committed
-                .as_ref()
-                .and_then(|c| c.get(key).copied())
-                .unwrap_or(k.start);
-            e.2 += k.size.load(Ordering::Relaxed).saturating_sub(done);
         }
-        for (source, (files, streams, lag)) in per {
-            METRICS.source_gauges(source, files, streams.len() as i64, lag);
+        for (source, (files, streams)) in per {
+            METRICS.source_counts(source, files, streams.len() as i64);
         }
         let polled = self
             .known
@@ -1132,6 +1131,40 @@ impl Discovery {
             .filter(|k| k.tailer.is_some() && !k.watched)
             .count();
         METRICS.files_polled.set(polled as i64);
+        self.report_lag();
+    }
+
+    /// Per source, the read lag (`ringtail_read_lag_bytes`): bytes on disk not yet acked by
+    /// Loki. Besides scans, set after write events and, while it is above 0, every
+    /// [`POLL_EVERY`], so that it falls to 0 as acks arrive even when the next scan is far
+    /// away; a caught-up, quiet node does not wake for it.
+    fn report_lag(&mut self) {
+        self.reported = Instant::now();
+        let mut per: Vec<(&'static str, u64)> = Vec::new();
+        for c in &self.catalogs {
+            if !per.iter().any(|(s, _)| *s == c.source()) {
+                per.push((c.source(), 0));
+            }
+        }
+        let committed = self.committed.as_ref().map(|c| c.offsets());
+        for (key, k) in &self.known {
+            if k.tailer.is_none() {
+                continue;
+            }
+            let done = committed
+                .as_ref()
+                .and_then(|c| c.get(key).copied())
+                .unwrap_or(k.start);
+            let source = self.catalogs.get(k.catalog).map(Catalog::source);
+            if let Some(e) = per.iter_mut().find(|(s, _)| Some(*s) == source) {
+                e.1 += k.size.load(Ordering::Relaxed).saturating_sub(done);
+            }
+        }
+        drop(committed);
+        self.lagging = per.iter().any(|(_, lag)| *lag > 0);
+        for (source, lag) in per {
+            METRICS.read_lag(source, lag);
+        }
     }
 
     /// Positions whose file is no longer in the tree when ringtail starts: rotated and

@@ -60,10 +60,15 @@ impl Node {
     }
 
     fn start_config(&mut self, cfg: &str) -> Ringtail {
+        self.start_env(cfg, &[])
+    }
+
+    /// [`start_config`](Self::start_config) with extra environment variables.
+    fn start_env(&mut self, cfg: &str, env: &[(&str, &str)]) -> Ringtail {
         self.runs += 1;
         let run_dir = self.dir.path().join(format!("run{}", self.runs));
         fs::create_dir_all(&run_dir).expect("run dir");
-        let mut rt = Ringtail::start(cfg, &run_dir);
+        let mut rt = Ringtail::start_with_env(cfg, &run_dir, env);
         assert!(
             rt.wait_ready(self.port, Duration::from_secs(10)),
             "not ready\n{}",
@@ -427,6 +432,81 @@ fn entries_and_files_written_while_it_waits_arrive_within_seconds() {
     assert!(new_file < Duration::from_secs(3), "{new_file:?}");
     n.rx.wait_quiet(Duration::from_millis(700));
     assert_exactly(&n.rx, &want);
+    stop(&mut rt);
+}
+
+/// A preloaded library whose `inotify_init`/`inotify_init1` fail with `EMFILE`, as on a node
+/// whose `fs.inotify.max_user_instances` is used up by other programs.
+fn no_inotify_library(dir: &std::path::Path) -> PathBuf {
+    let src = dir.join("no_inotify.c");
+    let lib = dir.join("no_inotify.so");
+    fs::write(
+        &src,
+        "#include <errno.h>\n\
+         int inotify_init(void) { errno = EMFILE; return -1; }\n\
+         int inotify_init1(int flags) { (void)flags; errno = EMFILE; return -1; }\n",
+    )
+    .expect("write the shim's source");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("cc (a C compiler; scripts/ensure-deps installs one)");
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
+}
+
+/// Without inotify, libsystemd cannot wait for the journal: ringtail polls, and opens the
+/// directory again every few seconds, so appended entries and a new journal file still arrive,
+/// each exactly once, and the fallback is counted and logged.
+#[test]
+fn without_inotify_the_journal_is_polled_and_new_files_are_found() {
+    let mut n = Node::new();
+    let lib = no_inotify_library(n.dir.path());
+    let t0 = realtime_now_us() - MINUTE_US;
+    let (a, mut want) = app_batch(t0, 5, "first");
+    n.journal.write("system", &a);
+    let cfg = n.config("7h");
+    let lib = lib.to_string_lossy().to_string();
+    let mut rt = n.start_env(&cfg, &[("LD_PRELOAD", &lib)]);
+    assert!(n.rx.wait_for_entries(5, WAIT), "{}", rt.logs());
+
+    let (b, w) = app_batch(t0 + 10_000, 5, "appended");
+    want.extend(w);
+    n.journal.write("system", &b);
+    assert!(n.rx.wait_for_entries(10, WAIT), "{}", rt.logs());
+
+    let (c, w) = app_batch(t0 + 20_000, 5, "second writer");
+    want.extend(w);
+    let t = Instant::now();
+    n.journal.write("second", &c);
+    assert!(n.rx.wait_for_entries(15, WAIT), "{}", rt.logs());
+    let new_file = t.elapsed();
+    eprintln!("a new file's entries after {new_file:?} without inotify");
+    // Found by a reopen (every 5 s), not by a restart.
+    assert!(new_file < Duration::from_secs(8), "{new_file:?}");
+    n.rx.wait_quiet(Duration::from_millis(1500));
+    assert_exactly(&n.rx, &want);
+
+    let m = metrics(n.port);
+    for event in ["journal_wait_failed", "journal_reopened"] {
+        let series = format!("ringtail_file_events_total{{event=\"{event}\"}}");
+        assert!(
+            metric_value(&m, &series).unwrap_or(0.0) >= 1.0,
+            "{series}\n{m}"
+        );
+    }
+    let logs = rt.logs();
+    assert!(
+        logs.contains("cannot wait for journal changes")
+            && logs.contains("fs.inotify.max_user_instances"),
+        "{logs}"
+    );
     stop(&mut rt);
 }
 

@@ -33,7 +33,11 @@
 //!   flushes at once), then `sd_journal_wait` waits up to [`WAIT`] for inotify to report new
 //!   entries or new files, and reading goes on: whatever another process appends shows up
 //!   within that. Rotation (rename to `…@….journal`) and vacuuming are libsystemd's business;
-//!   its read position survives them.
+//!   its read position survives them. Where libsystemd cannot get an inotify instance
+//!   (`fs.inotify.max_user_instances` used up), the wait fails: ringtail then polls every
+//!   [`WAIT`] (appends are seen) and opens the directory again every [`REOPEN_EVERY`] at the
+//!   entry it is on, which is how new journal files are found; each new journal tries inotify
+//!   again. Both are counted (`journal_wait_failed`, `journal_reopened`) and logged.
 //! - **Errors.** A journal directory that cannot be opened (a node without a persistent journal)
 //!   gets one info line and is tried again every [`REOPEN_EVERY`]. Journal files it may not read
 //!   are skipped by libsystemd without a word, so they are checked once at start and named in a
@@ -133,6 +137,7 @@ pub fn run(
         _ => log::info!("logs.journal: reading the journal in {shown}, {start}"),
     }
     let mut last_warn: Option<Instant> = None;
+    let mut reopened = Instant::now();
     while !stop.stopping() {
         let mut chunk = ring.chunk(reader.recent_labels());
         let filled = reader.fill(&mut chunk);
@@ -149,15 +154,33 @@ pub fn run(
             Ok(Fill::End) => {
                 ring.set_busy(false);
                 if let Err(e) = reader.wait(WAIT) {
+                    // No inotify for libsystemd: appends are read on the next poll, but new
+                    // journal files are found only by opening the directory again.
+                    METRICS.file_event("journal_wait_failed");
                     if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                         log::warn!(
                             "logs.journal: cannot wait for journal changes ({e}); polling every \
-                             {}ms instead (new journal files may be missed until a restart)",
-                            WAIT.as_millis()
+                             {}ms and reopening {shown} every {}s to find new journal files. \
+                             Raise fs.inotify.max_user_instances (or max_user_watches)",
+                            WAIT.as_millis(),
+                            REOPEN_EVERY.as_secs()
                         );
                         last_warn = Some(Instant::now());
                     }
                     sleep_unless_stopping(WAIT, stop);
+                    if reopened.elapsed() >= REOPEN_EVERY {
+                        reopened = Instant::now();
+                        METRICS.file_event("journal_reopened");
+                        match reader.reopen(&dirs, cfg.max_age.0) {
+                            Ok(Start::AfterCursor) => {}
+                            Ok(start) => log::warn!("logs.journal: reopened {shown}, {start}"),
+                            Err(e) => log::warn!(
+                                "logs.journal: cannot reopen {shown} ({e}); reading the files \
+                                 already open, trying again in {}s",
+                                REOPEN_EVERY.as_secs()
+                            ),
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -338,6 +361,7 @@ fn copy_value(v: &[u8], out: &mut Vec<u8>) -> bool {
 /// handle stays on the thread that opened it.
 pub struct Reader {
     journal: Journal,
+    max_line: usize,
     labels: Labels,
     proc: Processor,
     scratch: Scratch,
@@ -350,14 +374,9 @@ impl Reader {
     /// Opens the journal files in `dirs` (one directory, or the default pair) for entries of
     /// `node`; lines longer than `max_line` are cut.
     pub fn open(dirs: &[PathBuf], node: &str, max_line: usize) -> Result<Reader, String> {
-        let mut journal = open_journal(dirs).map_err(|e| e.to_string())?;
-        // Compressed values are decompressed only this far: what is sent, plus one byte to
-        // tell that the message was longer ("MESSAGE=" is 8 bytes).
-        journal
-            .set_data_threshold(max_line.saturating_add(9))
-            .map_err(|e| e.to_string())?;
         Ok(Reader {
-            journal,
+            journal: open_journal(dirs, max_line).map_err(|e| e.to_string())?,
+            max_line,
             labels: Labels::new(node),
             proc: Processor::new(JsonLine::Raw, max_line),
             scratch: Scratch::default(),
@@ -433,6 +452,17 @@ impl Reader {
             ));
         }
         Ok(())
+    }
+
+    /// Opens `dirs` again and moves onto the entry the reader is on (the last one read), so
+    /// that reading goes on after it, now in every journal file there: how new files are found
+    /// when libsystemd cannot watch the directory. Before any entry was read, it starts at
+    /// now − `max_age` again. The old journal stays in use when the directory cannot be opened.
+    pub fn reopen(&mut self, dirs: &[PathBuf], max_age: Duration) -> Result<Start, String> {
+        let journal = open_journal(dirs, self.max_line).map_err(|e| e.to_string())?;
+        let at = self.journal.cursor().ok();
+        self.journal = journal;
+        Ok(self.start(at.as_deref(), max_age))
     }
 
     /// The label set a new chunk starts with: the one of the last entry read.
@@ -523,9 +553,11 @@ impl Reader {
 
 /// Opens one directory, or both default ones (with libsystemd's `SD_JOURNAL_OS_ROOT` on `/`,
 /// which reads exactly `/var/log/journal` and `/run/log/journal`).
-fn open_journal(dirs: &[PathBuf]) -> Result<Journal, systemd::Error> {
+/// Opens the journal files in `dirs`, decompressing values only as far as a line of
+/// `max_line` bytes needs.
+fn open_journal(dirs: &[PathBuf], max_line: usize) -> Result<Journal, systemd::Error> {
     let existing: Vec<&PathBuf> = dirs.iter().filter(|d| d.is_dir()).collect();
-    match existing.as_slice() {
+    let mut journal = match existing.as_slice() {
         [one] => OpenDirectoryOptions::default().open_directory(one.as_os_str().as_bytes()),
         [_, _, ..] => OpenDirectoryOptions::default()
             .os_root(true)
@@ -537,7 +569,10 @@ fn open_journal(dirs: &[PathBuf]) -> Result<Journal, systemd::Error> {
                 .map_or(Path::new(DEFAULT_PATH), |p| p.as_path());
             OpenDirectoryOptions::default().open_directory(first.as_os_str().as_bytes())
         }
-    }
+    }?;
+    // What is sent, plus one byte to tell that the message was longer ("MESSAGE=" is 8 bytes).
+    journal.set_data_threshold(max_line.saturating_add(9))?;
+    Ok(journal)
 }
 
 /// Interned label sets, one per (unit, level): chunks compare them by pointer.

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
+/// The rotation and identity scenarios run twice: with inotify's events (the default) and with
+/// every file polled, as where inotify is unavailable. Both paths share one state machine.
+const WITH_INOTIFY: &str = "tail: { inotify: true }\n";
+const POLLING: &str = "tail: { inotify: false }\n";
 
 fn labels(ns: &str, pod: &str, container: &str) -> BTreeMap<String, String> {
     [
@@ -247,8 +251,7 @@ fn partials_levels_trace_ids_limits_and_bad_bytes() {
     stop(&mut rt);
 }
 
-#[test]
-fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
+fn rotation_by_rename_restart_files_and_deletion_lose_nothing(tail: &str) {
     let mut w = World::new();
     let pod = w.pod("ns", "busy", "u-busy");
     let mut log = pod.container("c");
@@ -259,7 +262,7 @@ fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
         write_tagged(log, &l, lines, want);
     };
     write(&mut log, 300, "before", &mut want);
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
     for round in 0..4 {
         write(&mut log, 200, &format!("r{round}-a"), &mut want);
         // kubelet: rename, containerd keeps writing to the old inode until it reopens.
@@ -316,7 +319,16 @@ fn rotation_by_rename_restart_files_and_deletion_lose_nothing() {
 }
 
 #[test]
-fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
+fn rotation_by_rename_restart_files_and_deletion_lose_nothing_with_inotify() {
+    rotation_by_rename_restart_files_and_deletion_lose_nothing(WITH_INOTIFY);
+}
+
+#[test]
+fn rotation_by_rename_restart_files_and_deletion_lose_nothing_polling() {
+    rotation_by_rename_restart_files_and_deletion_lose_nothing(POLLING);
+}
+
+fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing(tail: &str) {
     let mut w = World::new();
     let pod = w.pod("ns", "p", "u-p");
     let mut log = pod.container("c");
@@ -326,7 +338,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
         write_tagged(log, &l, (0..n).map(|i| format!("{tag} {i}")), want);
     };
     write(&mut log, 500, "first", &mut want);
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
     wait_entries(&w.rx, 500, &rt);
     stop(&mut rt);
     let positions =
@@ -345,7 +357,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
         !first_rotated.exists(),
         "kubelet compressed the first rotation"
     );
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
     wait_entries(&w.rx, 800, &rt);
     w.rx.wait_quiet(Duration::from_millis(800));
     let want_now = want.clone();
@@ -377,7 +389,7 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     write(&mut log, 100, "down-d", &mut want);
     log.rotate();
     write(&mut log, 100, "down-e", &mut want);
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
     wait_entries(&w.rx, 1000, &rt);
     w.rx.wait_quiet(Duration::from_millis(800));
     let want_now = want.clone();
@@ -385,13 +397,69 @@ fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing() {
     stop(&mut rt);
 }
 
+/// A pod directory deleted and made again under the same name (a static pod recreated), then
+/// its log deleted and replaced under the same name: each new file is read from its first
+/// byte, with the same labels, and nothing of the old ones is sent twice.
+fn a_recreated_directory_and_a_replaced_file_are_read_from_the_start(tail: &str) {
+    let mut w = World::new();
+    let pod = w.pod("ns", "static", "u-static");
+    let l = labels("ns", "static", "c");
+    let mut want: Vec<Expected> = Vec::new();
+    let mut log = pod.container("c");
+    write_tagged(
+        &mut log,
+        &l,
+        (0..100).map(|i| format!("first {i}")),
+        &mut want,
+    );
+    let mut rt = w.start(tail);
+    wait_entries(&w.rx, want.len(), &rt);
+
+    pod.remove();
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut log = pod.container("c");
+    let lines = (0..50).map(|i| format!("recreated {i} {}", "y".repeat(i % 80)));
+    write_tagged(&mut log, &l, lines, &mut want);
+    wait_entries(&w.rx, want.len(), &rt);
+
+    fs::remove_file(log.current_path()).expect("remove 0.log");
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut log = pod.container("c");
+    // Longer than the file it replaces, so that reading it at the old offset would lose lines.
+    let lines = (0..300).map(|i| format!("replaced {i} {}", "z".repeat(i % 120)));
+    write_tagged(&mut log, &l, lines, &mut want);
+    wait_entries(&w.rx, want.len(), &rt);
+    w.rx.wait_quiet(Duration::from_millis(800));
+    assert_exactly(&w.rx, &want);
+    stop(&mut rt);
+}
+
+#[test]
+fn a_recreated_directory_and_a_replaced_file_are_read_from_the_start_with_inotify() {
+    a_recreated_directory_and_a_replaced_file_are_read_from_the_start(WITH_INOTIFY);
+}
+
+#[test]
+fn a_recreated_directory_and_a_replaced_file_are_read_from_the_start_polling() {
+    a_recreated_directory_and_a_replaced_file_are_read_from_the_start(POLLING);
+}
+
+#[test]
+fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing_with_inotify() {
+    rotation_while_down_and_restart_resend_nothing_and_lose_nothing(WITH_INOTIFY);
+}
+
+#[test]
+fn rotation_while_down_and_restart_resend_nothing_and_lose_nothing_polling() {
+    rotation_while_down_and_restart_resend_nothing_and_lose_nothing(POLLING);
+}
+
 /// kubelet's sequence during a rolling update of a busy pod, with crashes: ringtail is killed
 /// (-9) while the container writes; kubelet rotates twice while it is down, so what ringtail had
 /// not read is only in a `.gz`; ringtail starts again, and is killed halfway through that `.gz`.
 /// Every line arrives, the duplicates are at most the batches in flight at each kill, and a
 /// drained `.gz` is not read again.
-#[test]
-fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice() {
+fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice(tail: &str) {
     const IN_FLIGHT: usize = 4;
     let mut w = World::new();
     let pod = w.pod("ns", "busy", "u-busy");
@@ -401,7 +469,8 @@ fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice() {
         .config_with_loki(&format!(
             "max_in_flight: {IN_FLIGHT}\n  min_in_flight: {IN_FLIGHT}\n"
         ))
-        .replace("max_bytes: 1MiB", "max_bytes: 64KiB");
+        .replace("max_bytes: 1MiB", "max_bytes: 64KiB")
+        + tail;
     let mut want: HashMap<String, usize> = HashMap::new();
     let mut write = |log: &mut ContainerLog, n: usize, tag: &str| {
         for i in 0..n {
@@ -506,6 +575,16 @@ fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice() {
         want.len()
     );
     assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
+}
+
+#[test]
+fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice_with_inotify() {
+    a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice(WITH_INOTIFY);
+}
+
+#[test]
+fn a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice_polling() {
+    a_gz_made_while_down_is_recovered_across_kills_and_never_read_twice(POLLING);
 }
 
 /// The corners of recovering `.gz` files: one damaged halfway (what precedes the damage
@@ -1300,8 +1379,7 @@ fn per_source_files_streams_lag_and_commits() {
     stop(&mut rt);
 }
 
-#[test]
-fn truncation_starts_again_at_zero() {
+fn truncation_starts_again_at_zero(tail: &str) {
     let mut w = World::new();
     let pod = w.pod("ns", "p", "u");
     let mut log = pod.container("c");
@@ -1312,7 +1390,7 @@ fn truncation_starts_again_at_zero() {
         let ts = log.write_line(Stream::Stdout, &line);
         want.push((l.clone(), ts, line, meta(&[("stream", "stdout")])));
     }
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
     wait_entries(&w.rx, 100, &rt);
     log.truncate();
     std::thread::sleep(Duration::from_millis(1200));
@@ -1331,6 +1409,16 @@ fn truncation_starts_again_at_zero() {
         "{m}"
     );
     stop(&mut rt);
+}
+
+#[test]
+fn truncation_starts_again_at_zero_with_inotify() {
+    truncation_starts_again_at_zero(WITH_INOTIFY);
+}
+
+#[test]
+fn truncation_starts_again_at_zero_polling() {
+    truncation_starts_again_at_zero(POLLING);
 }
 
 #[test]

@@ -173,8 +173,10 @@ impl Tailer {
             let mut finished: Vec<FileKey> = Vec::new();
             for (slot, &fi) in picked.iter().enumerate() {
                 let result = std::mem::replace(&mut results[slot], Ok(0));
-                if let Ok(n) = result {
+                if let Ok(n @ 1..) = result {
                     // What was read is on disk: the read lag counts it before the next scan.
+                    // Not at the end (0 bytes): that would put back a size above a truncated
+                    // file's, which discovery's stat had just seen, and hide the truncation.
                     let t = &self.files[fi];
                     t.size_hint.fetch_max(
                         t.read_offset + n as u64,

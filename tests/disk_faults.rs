@@ -495,7 +495,16 @@ const BURST: u64 = 100;
 /// truncated file's content), the loss counted in `ringtail_bytes_lost_total{reason="truncated"}`,
 /// every truncation counted, and the lines after each read again from offset 0, once.
 #[test]
-fn copytruncate_loses_only_what_was_unread_and_counts_it() {
+fn copytruncate_loses_only_what_was_unread_and_counts_it_with_inotify() {
+    copytruncate_loses_only_what_was_unread_and_counts_it("tail: { inotify: true }\n");
+}
+
+#[test]
+fn copytruncate_loses_only_what_was_unread_and_counts_it_polling() {
+    copytruncate_loses_only_what_was_unread_and_counts_it("tail: { inotify: false }\n");
+}
+
+fn copytruncate_loses_only_what_was_unread_and_counts_it(tail: &str) {
     let _serial = serial();
     // The helper `ContainerLog::copytruncate` names its copy `0.log.<YYYYMMDD-HHMMSS>`, exactly a
     // kubelet rotation: ringtail would read it (and send its lines again), so it is not the
@@ -509,7 +518,7 @@ fn copytruncate_loses_only_what_was_unread_and_counts_it() {
     let log = Arc::new(Mutex::new(Log::new(&w)));
     let writer = Writer::start(log.clone(), TRUNC_PER_TICK);
     lock(&checker).run_starting(w.rx.connections());
-    let mut rt = w.start("");
+    let mut rt = w.start(tail);
 
     let mut truncations: Vec<Truncation> = Vec::new();
     for _ in 0..TRUNCATIONS {

@@ -387,12 +387,13 @@ fn kill_9_storm_while_writing_and_rotating_loses_nothing() {
 /// once, none from a `.gz`, and every rotation seen as a rename of a file already being read.
 /// Nothing throttles the writer: ringtail falls far behind 50 MB/s here, and must still drain
 /// every renamed, then compressed and deleted, file through the descriptor it holds.
-#[test]
-fn kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing() {
+/// Run with inotify's events (the default) and with every file polled.
+fn kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing(tail: &str) {
     let _serial = serial();
     let secs = if soak() { 120 } else { 10 };
     let containers = 12;
     let mut b = Bench::new(containers);
+    b.extra = tail.to_string();
     let mut rt = b.start();
     // 50 MB/s over twelve containers is ~12.5 MB per container between kubelet's checks: each
     // check rotates every container.
@@ -479,6 +480,16 @@ fn kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing() {
     );
     drop(ch);
     stop(&mut rt);
+}
+
+#[test]
+fn kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing_with_inotify() {
+    kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing("tail: { inotify: true }\n");
+}
+
+#[test]
+fn kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing_polling() {
+    kubelet_rotation_at_50_mb_per_s_loses_and_duplicates_nothing("tail: { inotify: false }\n");
 }
 
 /// SIGTERM while 20 MB/s are being written: exit 0 within the contract's deadline, and after

@@ -18,16 +18,23 @@ struct Node {
     dir: tempfile::TempDir,
     rx: LokiReceiver,
     port: u16,
+    /// A `tail:` block added to the config (the rotation scenario runs with and without inotify).
+    tail: &'static str,
 }
 
 impl Node {
     fn new() -> Node {
+        Node::with_tail("")
+    }
+
+    fn with_tail(tail: &'static str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("pods")).unwrap();
         Node {
             dir,
             rx: LokiReceiver::start(),
             port: free_port(),
+            tail,
         }
     }
 
@@ -62,6 +69,7 @@ impl Node {
             ),
         );
         assert!(cfg.contains("kubelet_log"), "{cfg}");
+        let cfg = cfg + self.tail;
         let run_dir = self.dir.path().join(run);
         fs::create_dir_all(&run_dir).unwrap();
         let mut rt = Ringtail::start(&cfg, &run_dir);
@@ -284,8 +292,21 @@ fn klog_times_are_read_in_the_nodes_zone() {
 }
 
 #[test]
-fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing() {
-    let n = Node::new();
+fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing_with_inotify() {
+    containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing(
+        "tail: { inotify: true }\n",
+    );
+}
+
+#[test]
+fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing_polling() {
+    containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing(
+        "tail: { inotify: false }\n",
+    );
+}
+
+fn containerd_rename_rotation_and_kubelet_truncation_under_write_lose_nothing(tail: &'static str) {
+    let n = Node::with_tail(tail);
     let mut want: Vec<String> = Vec::new();
     let mut seq = 0;
     let mut batch = |kind: &str, count: usize, want: &mut Vec<String>| -> Vec<String> {

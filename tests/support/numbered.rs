@@ -889,6 +889,8 @@ pub struct Bench {
     pub checker: Arc<Mutex<Checker>>,
     /// Lines added to the test config's `loki:` block (indented as there).
     pub loki_keys: String,
+    /// Top-level config added at the end (a `tail:` block), empty by default.
+    pub extra: String,
 }
 
 /// The scenarios' `loki.max_in_flight`, and their `min_in_flight` too: the concurrency is
@@ -910,6 +912,7 @@ impl Bench {
             w,
             checker,
             loki_keys: format!("max_in_flight: {IN_FLIGHT}\n  min_in_flight: {IN_FLIGHT}\n"),
+            extra: String::new(),
         }
     }
 
@@ -921,7 +924,7 @@ impl Bench {
     pub fn start(&mut self) -> Ringtail {
         let next_conn = self.w.rx.connections();
         self.checker().run_starting(next_conn);
-        let cfg = self.w.config_with_loki(&self.loki_keys);
+        let cfg = self.w.config_with_loki(&self.loki_keys) + &self.extra;
         self.w.start_config(&cfg)
     }
 }

@@ -88,29 +88,41 @@ fn thread_shares(
     out
 }
 
-/// CPU ns and context switches of all of a process's threads.
-fn task_counters(pid: u32) -> (u64, u64) {
-    let (mut ns, mut cs) = (0u64, 0u64);
+/// CPU ns and context switches of each of a process's threads, by thread id.
+fn task_counters(pid: u32) -> std::collections::HashMap<String, (u64, u64)> {
+    let mut per = std::collections::HashMap::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
+        return per;
     };
     for t in tasks.flatten() {
-        if let Ok(s) = fs::read_to_string(t.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        if let Ok(s) = fs::read_to_string(t.path().join("status")) {
-            cs += s
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
+        let ns = fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let cs = fs::read_to_string(t.path().join("status"))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        per.insert(t.file_name().to_string_lossy().into_owned(), (ns, cs));
     }
-    (ns, cs)
+    per
+}
+
+/// CPU ns and context switches between two [`task_counters`] snapshots, thread by thread (a
+/// thread that exited in between, such as a metrics connection's, is not counted; one that
+/// started counts in full).
+fn counters_between(
+    before: &std::collections::HashMap<String, (u64, u64)>,
+    after: &std::collections::HashMap<String, (u64, u64)>,
+) -> (u64, u64) {
+    after.iter().fold((0, 0), |(ns, cs), (tid, &(n1, c1))| {
+        let (n0, c0) = before.get(tid).copied().unwrap_or((0, 0));
+        (ns + n1.saturating_sub(n0), cs + c1.saturating_sub(c0))
+    })
 }
 
 /// Starts `perf stat` counting the syscalls of `pid` for `secs`; None where perf cannot.
@@ -251,13 +263,13 @@ pub fn idle_once(bin: &Path, tree: &Tree, work: &Path, mode: Mode, s: &Settings)
     let caught_up = receiver.wait_all(&mut child, s.timeout).is_some();
     thread::sleep(SETTLE);
     let requests0 = receiver.shared.counts.lock().unwrap().requests;
-    let (ns0, cs0) = task_counters(pid);
+    let counters0 = task_counters(pid);
     let threads0 = thread_cpu(pid);
     let t0 = Instant::now();
     let perf = perf_syscalls(pid, s.idle_secs.as_secs());
     let lines = write_window(mode, tree, s, &written);
     let secs = t0.elapsed().as_secs_f64();
-    let (ns1, cs1) = task_counters(pid);
+    let (ns, cs) = counters_between(&counters0, &task_counters(pid));
     let threads = thread_shares(&threads0, &thread_cpu(pid), secs);
     let rss_mib = status_mib(pid, "VmRSS").unwrap_or(f64::NAN);
     let syscalls = perf_count(perf);
@@ -282,8 +294,8 @@ pub fn idle_once(bin: &Path, tree: &Tree, work: &Path, mode: Mode, s: &Settings)
     drop(c);
     let latencies = std::mem::take(&mut *receiver.shared.latencies.lock().unwrap());
     IdleResult {
-        cpu_pct: 100.0 * (ns1 - ns0) as f64 / 1e9 / secs,
-        wakeups_s: (cs1 - cs0) as f64 / secs,
+        cpu_pct: 100.0 * ns as f64 / 1e9 / secs,
+        wakeups_s: cs as f64 / secs,
         syscalls_s: syscalls.map(|n| n / secs),
         rss_mib,
         pushes_s: pushes as f64 / secs,

@@ -357,7 +357,7 @@ impl Default for Tail {
             max_open_files: 1024,
             io: IoMode::Auto,
             inotify: true,
-            rescan: Dur(Duration::from_secs(10)),
+            rescan: Dur(Duration::from_secs(30)),
             max_watches: 0,
         }
     }

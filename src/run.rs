@@ -208,9 +208,7 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
         cfg.node_name
     );
 
-    while !stop.stopping() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop.wait();
     log::info!("stopping: flushing what was read and committing positions");
     drop(ring_tx);
     for t in threads {

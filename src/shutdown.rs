@@ -5,13 +5,15 @@
 //! acked by the deadline is simply read again after the restart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Stop {
     flag: AtomicBool,
     deadline: Mutex<Option<Instant>>,
+    /// Notified by [`begin`](Stop::begin), for [`wait`](Stop::wait).
+    begun: Condvar,
 }
 
 impl Stop {
@@ -22,6 +24,15 @@ impl Stop {
             *d = Some(Instant::now() + grace);
         }
         self.flag.store(true, Ordering::Release);
+        self.begun.notify_all();
+    }
+
+    /// Blocks until stopping begins (the main thread has nothing else to do meanwhile).
+    pub fn wait(&self) {
+        let mut d = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.stopping() {
+            d = self.begun.wait(d).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     pub fn stopping(&self) -> bool {
@@ -50,5 +61,27 @@ impl Stop {
         while Instant::now() < until && !self.past_deadline() {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn wait_returns_once_another_thread_begins_stopping() {
+        let stop = Arc::new(Stop::default());
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            s.begin(Duration::from_secs(5));
+        });
+        stop.wait();
+        assert!(stop.stopping());
+        assert!(stop.remaining().is_some_and(|r| r > Duration::from_secs(1)));
+        t.join().expect("the stopping thread");
+        // Already stopping: returns at once.
+        stop.wait();
     }
 }

@@ -99,6 +99,13 @@ fn run_with(cfg: Config, output: Option<Output>) -> Result<(), String> {
             aside.display()
         );
     }
+    if let Some(why) = &loaded.changes_cut {
+        METRICS.positions_errors.inc();
+        log::warn!(
+            "positions: {why}; the files they were for resume from their previous position (some \
+             lines are sent again, none lost)"
+        );
+    }
     let grace = cfg.loki.timeout.0.max(Duration::from_secs(10)) - Duration::from_secs(1);
     let stop = Arc::new(Stop::default());
     watch_signals(stop.clone(), grace)?;

@@ -229,29 +229,27 @@ fn fill(dir: &Path) -> (PathBuf, u64) {
     (path, total)
 }
 
-/// The committed offset of `log` in positions file content (panics unless it is valid JSON of
-/// version 1 with exactly one entry for `log`).
-fn committed(json: &[u8], log: &Path) -> u64 {
-    let v: serde_json::Value = serde_json::from_slice(json).unwrap_or_else(|e| {
-        panic!(
-            "positions file is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(json)
-        )
-    });
-    assert_eq!(v["version"], "1", "{v}");
-    let files = v["files"].as_array().unwrap_or_else(|| panic!("{v}"));
-    let mine: Vec<u64> = files
+/// The committed offset of `log`, as a restart would read it (panics on more than one entry for
+/// `log`, or positions that the loader finds corrupt). `None` before the first write.
+fn committed(data: &Path, log: &Path) -> Option<u64> {
+    let loaded = committed_positions(data)?;
+    assert_eq!(
+        loaded.set_aside, None,
+        "the loader found the positions corrupt"
+    );
+    let mine: Vec<u64> = loaded
+        .files
         .iter()
-        .filter(|f| f["path"].as_str() == Some(&*log.to_string_lossy()))
-        .map(|f| f["offset"].as_u64().unwrap_or_else(|| panic!("{f}")))
+        .filter(|f| f.path == log)
+        .map(|f| f.offset)
         .collect();
-    assert_eq!(mine.len(), 1, "one entry for {}: {v}", log.display());
-    mine[0]
-}
-
-/// The positions file as it is on disk now (`None` before the first write).
-fn positions_now(path: &Path) -> Option<Vec<u8>> {
-    fs::read(path).ok()
+    assert!(
+        mine.len() <= 1,
+        "one entry for {}: {:?}",
+        log.display(),
+        loaded.files
+    );
+    mine.first().copied()
 }
 
 fn counter(port: u16, series: &str) -> f64 {
@@ -311,7 +309,8 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
     let checker = Checker::attach(&w.rx, 1);
     let log = Arc::new(Mutex::new(Log::new(&w)));
     let log_path = lock(&log).path();
-    let pos_path = w.data().join("positions.json");
+    let data = w.data();
+    let offset_now = || committed(&data, &log_path);
     // 300 lines/s, ~70 KB/s: positions change between every two saves.
     let writer = Writer::start(log.clone(), 3);
     lock(&checker).run_starting(w.rx.connections());
@@ -319,8 +318,7 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
 
     // A first good write with lines committed.
     assert!(
-        wait_until(WAIT, || positions_now(&pos_path)
-            .is_some_and(|p| committed(&p, &log_path) > 0)),
+        wait_until(WAIT, || offset_now().is_some_and(|o| o > 0)),
         "no positions written with an offset for {}\n{}",
         log_path.display(),
         rt.logs()
@@ -337,8 +335,7 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
         w.data().display(),
         rt.logs()
     );
-    let last_good = positions_now(&pos_path).expect("positions.json is still there");
-    let good_offset = committed(&last_good, &log_path);
+    let good_offset = offset_now().expect("positions still there");
     let errors_at_full = counter(w.port, "ringtail_positions_errors_total");
     let full_since = Instant::now();
 
@@ -357,34 +354,16 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
         "positions errors went from {errors_at_full} to {errors_full} in {full_for:?} of a full \
          disk (after a failure, a save is tried every {SAVE_EVERY:?})"
     );
-    // The file on disk is the last good one, byte for byte: valid JSON whose offset is a line
-    // end within the file, and what ringtail's own loader reads back (with the temp file the
-    // failed saves left beside it, as a restart would find them).
-    let on_disk = positions_now(&pos_path).expect("positions.json is still there");
-    assert_eq!(
-        String::from_utf8_lossy(&on_disk),
-        String::from_utf8_lossy(&last_good)
-    );
+    // What a restart would read is the last good write: the snapshot and the changes
+    // appended before the disk filled (a failed append's partial lines are not committed),
+    // read by ringtail's own loader, and an offset that is a line end within the file.
+    assert_eq!(offset_now(), Some(good_offset));
     let log_size = fs::metadata(&log_path).expect("0.log").len();
     assert!(good_offset <= log_size, "{good_offset} > size {log_size}");
     assert!(
         lock(&log).end.binary_search(&good_offset).is_ok(),
         "committed offset {good_offset} is not a line end"
     );
-    let scratch = tempfile::tempdir().expect("tempdir");
-    for name in ["positions.json", "positions.json.tmp"] {
-        if let Ok(b) = fs::read(w.data().join(name)) {
-            fs::write(scratch.path().join(name), b).expect("copy positions");
-        }
-    }
-    let loaded = ringtail::positions::store::load(scratch.path()).expect("load positions");
-    assert_eq!(loaded.set_aside, None, "the loader found the file corrupt");
-    let offsets: Vec<(PathBuf, u64)> = loaded
-        .files
-        .iter()
-        .map(|f| (f.path.clone(), f.offset))
-        .collect();
-    assert_eq!(offsets, vec![(log_path.clone(), good_offset)]);
     // Loud: every failure logged as an error naming the file, the cause, and what to do.
     let stderr = rt.stderr_text();
     let failures: Vec<&str> = stderr
@@ -396,7 +375,8 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
         "{} logged positions failures for {errors_full} counted\n{stderr}",
         failures.len()
     );
-    let want = format!("cannot write positions to {}: ", pos_path.display());
+    // The snapshot, or the changes file when an append failed.
+    let want = format!("cannot write positions to {}/positions.", data.display());
     for l in &failures[..failures.len().min(3)] {
         for part in [
             want.as_str(),
@@ -416,13 +396,12 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
     fs::remove_file(&filler).expect("remove filler");
     let writes_before = counter(w.port, "ringtail_positions_writes_total");
     assert!(
-        wait_until(WAIT, || positions_now(&pos_path)
-            .is_some_and(|p| committed(&p, &log_path) > good_offset)),
+        wait_until(WAIT, || offset_now().is_some_and(|o| o > good_offset)),
         "positions not written again after the filler was removed\n{}",
         rt.logs()
     );
     let errors_after = counter(w.port, "ringtail_positions_errors_total");
-    let offset_after = committed(&positions_now(&pos_path).expect("positions"), &log_path);
+    let offset_after = offset_now().expect("positions");
     thread::sleep(3 * SAVE_EVERY);
     assert_eq!(
         counter(w.port, "ringtail_positions_errors_total"),
@@ -430,7 +409,7 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
         "positions errors still rising with room on the disk"
     );
     assert!(counter(w.port, "ringtail_positions_writes_total") >= writes_before + 3.0);
-    let offset_later = committed(&positions_now(&pos_path).expect("positions"), &log_path);
+    let offset_later = offset_now().expect("positions");
     assert!(
         offset_later > offset_after,
         "positions stuck at {offset_after}"
@@ -445,7 +424,7 @@ fn a_full_data_dir_is_loud_and_tailing_goes_on() {
     let written = writer.stop();
     wait_distinct(&checker, written, "before the stop");
     stop(&mut rt, &checker);
-    let final_offset = committed(&positions_now(&pos_path).expect("positions"), &log_path);
+    let final_offset = offset_now().expect("positions");
     assert_eq!(final_offset, *lock(&log).end.last().expect("lines written"));
     lock(&checker).run_starting(w.rx.connections());
     let mut rt = w.start("");

@@ -77,11 +77,9 @@ impl Node {
         rt
     }
 
-    /// The journal cursor in positions.json, once written.
+    /// The committed journal cursor, once written.
     fn committed_cursor(&self) -> Option<String> {
-        let text = fs::read(self.data().join("positions.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        v.get("journal_cursor")?.as_str().map(str::to_string)
+        committed_positions(&self.data())?.journal_cursor
     }
 
     /// Waits until the committed cursor is the one of sequence number `seqnum` of its file.

@@ -9,7 +9,9 @@
 //! they are handed to the events shipper's callback ([`Positions::on_events_ack`]).
 //!
 //! When the file is written: after every acked batch, so that a `kill -9` re-sends at most the
-//! batches in flight (contract §2). That write is not fsynced (the page cache outlives the
+//! batches in flight (contract §2). Such a write appends only the entries that changed to the
+//! changes file; a full snapshot is written at start, at shutdown, after a failed write, and
+//! once the changes outgrow the last snapshot (see `store`). That write is not fsynced (the page cache outlives the
 //! process); a syncer thread fsyncs the file and its directory within `interval` of it, so a
 //! machine crash re-sends at most that much more. The fsync is off the sender's path: on a
 //! node's disk (ext4, data=ordered) it can wait for a journal commit that also flushes the logs
@@ -72,7 +74,23 @@ pub struct Positions {
     interval: Duration,
     /// Started at the first plain write.
     syncer: Option<Arc<Syncer>>,
+    /// The changes file, appended to between snapshots; `None`: the next write is a snapshot
+    /// (at start, and after a failed write).
+    changes: Option<std::fs::File>,
+    changes_len: u64,
+    /// Bytes of the last snapshot: the changes file is folded into a new one once it is larger.
+    snapshot_len: u64,
+    /// Files whose position changed since the last write (their `Entry::changed` is set).
+    changed: Vec<FileKey>,
+    /// Files let go since the last write.
+    gone: Vec<FileKey>,
+    journal_changed: bool,
+    /// The next append, reused.
+    buf: Vec<u8>,
 }
+
+/// The changes file is folded into a snapshot once it is larger than the snapshot, or this.
+const MIN_CHANGES: u64 = 64 << 10;
 
 /// A file's position and its rendered JSON ([`store::render`]), empty while to render.
 struct Entry {
@@ -80,6 +98,8 @@ struct Entry {
     json: Vec<u8>,
     /// The path cannot be rendered (not UTF-8); said once, tried again if the path changes.
     unrenderable: bool,
+    /// Listed in `Positions::changed`.
+    changed: bool,
 }
 
 impl Entry {
@@ -88,6 +108,7 @@ impl Entry {
             pos,
             json: Vec::new(),
             unrenderable: false,
+            changed: false,
         }
     }
 }
@@ -190,6 +211,13 @@ impl Positions {
             last_write_cpu: Duration::ZERO,
             interval,
             syncer: None,
+            changes: None,
+            changes_len: 0,
+            snapshot_len: 0,
+            changed: Vec::new(),
+            gone: Vec::new(),
+            journal_changed: false,
+            buf: Vec::new(),
         }
     }
 
@@ -218,7 +246,10 @@ impl Positions {
         }
         match a {
             Advance::File(f) => self.apply_file(f),
-            Advance::Journal { cursor } => self.journal_cursor = Some(cursor.clone()),
+            Advance::Journal { cursor } => {
+                self.journal_cursor = Some(cursor.clone());
+                self.journal_changed = true;
+            }
             Advance::Events(p) => {
                 if let Some(f) = &mut self.events_ack {
                     f(p);
@@ -231,7 +262,9 @@ impl Positions {
 
     fn apply_file(&mut self, a: &FileAdvance) {
         if a.kind == AdvanceKind::Done {
-            self.files.remove(&a.file);
+            if self.files.remove(&a.file).is_some() {
+                self.gone.push(a.file);
+            }
             self.committed.offsets().remove(&a.file);
             self.order_stale = true;
             return;
@@ -268,6 +301,10 @@ impl Positions {
         p.fp_len = a.fingerprint.len;
         p.fp_hash = a.fingerprint.hash;
         entry.json.clear();
+        if !entry.changed {
+            entry.changed = true;
+            self.changed.push(a.file);
+        }
         self.committed.offsets().insert(a.file, a.to);
     }
 
@@ -287,6 +324,7 @@ impl Positions {
             offsets.insert(r.pos.key(), r.pos.offset);
             self.dirty = true;
             self.order_stale = true;
+            self.changes = None;
         }
     }
 
@@ -295,8 +333,11 @@ impl Positions {
         let before = self.files.len();
         self.files.retain(|k, _| keep(k));
         self.committed.offsets().retain(|k, _| keep(k));
-        self.dirty |= self.files.len() != before;
-        self.order_stale |= self.files.len() != before;
+        if self.files.len() != before {
+            self.dirty = true;
+            self.order_stale = true;
+            self.changes = None;
+        }
     }
 
     /// Writes the file if something changed (see the module doc for when), and has it fsynced.
@@ -318,19 +359,39 @@ impl Positions {
         }
     }
 
-    /// Errors are logged loudly and counted; the previous file stays intact.
+    /// An append to the changes file, or a snapshot when one is due (at start, at shutdown,
+    /// after a failed write, once the changes outgrow the snapshot). Errors are logged loudly
+    /// and counted; what was written before stays intact.
     fn write(&mut self, durable: bool) {
         let cpu_before = thread_cpu();
         self.render();
-        let files = self.order.iter().filter_map(|k| {
-            let json = &self.files.get(k)?.json;
-            (!json.is_empty()).then_some(json.as_slice())
-        });
-        let result = store::save(&self.dir, files, self.journal_cursor.as_deref(), durable);
+        let snapshot = durable
+            || self.changes.is_none()
+            || self.changes_len > self.snapshot_len.max(MIN_CHANGES);
+        let file = if snapshot {
+            store::FILE_NAME
+        } else {
+            store::CHANGES_NAME
+        };
+        let result = if snapshot {
+            self.write_snapshot(durable)
+        } else {
+            self.append()
+        };
         self.last_write = Instant::now();
         self.last_write_cpu = thread_cpu().saturating_sub(cpu_before);
+        if result.is_err() {
+            self.changes = None;
+        }
         match result {
             Ok(()) => {
+                for k in self.changed.drain(..) {
+                    if let Some(e) = self.files.get_mut(&k) {
+                        e.changed = false;
+                    }
+                }
+                self.gone.clear();
+                self.journal_changed = false;
                 self.dirty = false;
                 self.failing = false;
                 METRICS.positions_writes.inc();
@@ -345,10 +406,54 @@ impl Positions {
                     "cannot write positions to {}: {e}; tailing goes on, but a restart now would \
                      re-send lines since the last good write. Check that data_dir is writable and \
                      not full",
-                    self.dir.join(store::FILE_NAME).display()
+                    self.dir.join(file).display()
                 );
             }
         }
+    }
+
+    /// Every entry, into a new positions file; then the changes file starts again, empty.
+    fn write_snapshot(&mut self, durable: bool) -> std::io::Result<()> {
+        let files = self.order.iter().filter_map(|k| {
+            let json = &self.files.get(k)?.json;
+            (!json.is_empty()).then_some(json.as_slice())
+        });
+        self.snapshot_len = store::save(&self.dir, files, self.journal_cursor.as_deref(), durable)?;
+        let changes = store::start_changes(&self.dir)?;
+        if durable {
+            changes.sync_all()?;
+        }
+        self.changes = Some(changes);
+        self.changes_len = 0;
+        Ok(())
+    }
+
+    /// What changed since the last write, appended to the changes file in one `write`. An entry
+    /// that cannot be rendered is written as gone, as a snapshot leaves it out.
+    fn append(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        let files = &self.files;
+        let unrenderable = self
+            .changed
+            .iter()
+            .filter(|k| files.get(k).is_some_and(|e| e.json.is_empty()));
+        let mut gone = self.gone.clone();
+        gone.extend(unrenderable);
+        let rendered = self.changed.iter().filter_map(|k| {
+            let json = &files.get(k)?.json;
+            (!json.is_empty()).then_some(json.as_slice())
+        });
+        let cursor = self
+            .journal_cursor
+            .as_deref()
+            .filter(|_| self.journal_changed);
+        store::render_changes(&mut self.buf, &gone, rendered, cursor)?;
+        let Some(f) = self.changes.as_mut() else {
+            return Err(std::io::Error::other("no changes file open"));
+        };
+        f.write_all(&self.buf)?;
+        self.changes_len += self.buf.len() as u64;
+        Ok(())
     }
 
     /// Brings `order` and the rendered entries up to date. An entry whose path JSON cannot hold
@@ -585,6 +690,61 @@ mod tests {
         std::fs::create_dir(&broken).unwrap();
         q.save();
         assert_eq!(store::load(&broken).unwrap().files[0].offset, 4);
+    }
+
+    /// Between snapshots a write appends only what changed; loading the snapshot and the
+    /// changes gives every change (offsets, a file let go, the journal cursor), and once the
+    /// changes outgrow the snapshot they are folded into a new one.
+    #[test]
+    fn writes_append_what_changed_and_fold_it_into_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Positions::new(dir.path().into(), &store::Loaded::default(), Duration::ZERO);
+        let snapshot = dir.path().join(store::FILE_NAME);
+        let changes = dir.path().join(store::CHANGES_NAME);
+        for ino in 1..=3 {
+            p.apply(&adv(ino, 0, 10, AdvanceKind::Continue));
+        }
+        p.maybe_save();
+        let first = std::fs::read(&snapshot).unwrap();
+        assert_eq!(std::fs::metadata(&changes).unwrap().len(), 0);
+
+        p.apply(&adv(2, 10, 20, AdvanceKind::Continue));
+        p.apply(&adv(3, 10, 10, AdvanceKind::Done));
+        p.apply(&Advance::Journal {
+            cursor: "s=a;i=1".into(),
+        });
+        p.maybe_save();
+        assert_eq!(
+            std::fs::read(&snapshot).unwrap(),
+            first,
+            "appended, not rewritten"
+        );
+        let text = std::fs::read_to_string(&changes).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0], r#"{"gone":[1,3]}"#);
+        assert!(lines[1].contains(r#""ino":2,"#) && lines[1].contains(r#""offset":20"#));
+        assert_eq!(lines[2], r#"{"journal_cursor":"s=a;i=1"}"#);
+        assert!(lines[3].starts_with(r#"{"saved_at":"#), "{text}");
+        let loaded = store::load(dir.path()).unwrap();
+        let offsets: Vec<(u64, u64)> = loaded.files.iter().map(|f| (f.ino, f.offset)).collect();
+        assert_eq!(offsets, [(1, 10), (2, 20)]);
+        assert_eq!(loaded.journal_cursor.as_deref(), Some("s=a;i=1"));
+        assert!(loaded.changes_cut.is_none());
+
+        // Each append is a few hundred bytes: past MIN_CHANGES, a snapshot holds it all.
+        let mut to = 20;
+        while std::fs::metadata(&changes).unwrap().len() > 0 || to == 20 {
+            p.apply(&adv(2, to, to + 1, AdvanceKind::Continue));
+            to += 1;
+            p.maybe_save();
+            assert!(to < 2000, "never folded into a snapshot");
+        }
+        assert!(to > 100, "folded after {to} writes");
+        let back = store::load(dir.path()).unwrap();
+        let offsets: Vec<(u64, u64)> = back.files.iter().map(|f| (f.ino, f.offset)).collect();
+        assert_eq!(offsets, [(1, 10), (2, to)]);
+        assert_eq!(back.journal_cursor.as_deref(), Some("s=a;i=1"));
     }
 
     #[test]

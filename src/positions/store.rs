@@ -5,9 +5,21 @@
 //! renaming it), so it wins. A file that does not parse (truncated, NUL-filled: loki#6268) is
 //! logged, set aside under a `.corrupt-<unix time>` name for a post-mortem, and ringtail starts
 //! fresh rather than crash.
+//!
+//! Between two such snapshots, writes are appended to `positions.changes`: one JSON object a
+//! line, the entries that changed (as in the snapshot), `{"gone":[dev,ino]}` for a file let go,
+//! `{"journal_cursor":…}`, then `{"saved_at":N}`, which commits the lines before it. Rewriting
+//! every entry for every acked batch cost a write proportional to the files tracked, not to
+//! what changed: with 2,000 files trickling, 90 % of the sender's CPU. Loading applies the
+//! committed lines over the snapshot, in order. Lines after the last commit (a write cut short
+//! by a crash of the machine) or from a line that does not parse are not used, and the loader
+//! says which: those files resume from an older position, which re-sends lines, never loses
+//! them. A stale changes file (a crash between a new snapshot and the truncation of the changes
+//! file) holds only positions older than the snapshot's: duplicates again, not loss.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{FileKey, Fingerprint};
 
 pub const FILE_NAME: &str = "positions.json";
+/// Appended to between snapshots (see the module doc).
+pub const CHANGES_NAME: &str = "positions.changes";
 
 /// One file's committed position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +85,91 @@ pub struct Loaded {
     pub saved_at: Option<u64>,
     /// Set when a corrupt file was set aside: say so in the logs and metrics.
     pub set_aside: Option<PathBuf>,
+    /// Why the changes file was not used to its end (the file and line), to be logged.
+    pub changes_cut: Option<String>,
 }
 
+/// One line of the changes file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Change {
+    File(FilePos),
+    Gone { gone: (u64, u64) },
+    Journal { journal_cursor: String },
+    Commit { saved_at: u64 },
+}
+
+/// The snapshot, with the committed lines of the changes file applied over it.
 pub fn load(dir: &Path) -> std::io::Result<Loaded> {
+    let mut l = load_snapshot(dir)?;
+    let path = dir.join(CHANGES_NAME);
+    match fs::read(&path) {
+        Ok(bytes) => apply_changes(&bytes, &path, &mut l),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(l)
+}
+
+fn apply_changes(bytes: &[u8], path: &Path, l: &mut Loaded) {
+    let mut files: std::collections::HashMap<FileKey, FilePos> =
+        l.files.drain(..).map(|p| (p.key(), p)).collect();
+    let mut pending: Vec<Change> = Vec::new();
+    let mut pending_from = 0;
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Change>(line) {
+            Ok(Change::Commit { saved_at }) => {
+                for c in pending.drain(..) {
+                    match c {
+                        Change::File(p) => {
+                            files.insert(p.key(), p);
+                        }
+                        Change::Gone { gone: (dev, ino) } => {
+                            files.remove(&FileKey { dev, ino });
+                        }
+                        Change::Journal { journal_cursor } => {
+                            l.journal_cursor = Some(journal_cursor)
+                        }
+                        Change::Commit { .. } => {}
+                    }
+                }
+                l.saved_at = Some(saved_at);
+            }
+            Ok(c) => {
+                if pending.is_empty() {
+                    pending_from = i + 1;
+                }
+                pending.push(c);
+            }
+            Err(e) => {
+                l.changes_cut = Some(format!(
+                    "{} line {} does not parse ({e}); it and the lines after it are not used",
+                    path.display(),
+                    i + 1
+                ));
+                pending.clear();
+                break;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        l.changes_cut = Some(format!(
+            "{} ends with a write cut short (lines {pending_from} and after, without their \
+             commit line); they are not used",
+            path.display()
+        ));
+    }
+    l.files = files.into_values().collect();
+    // In the snapshot's order.
+    l.files.sort_unstable_by(|a, b| {
+        (a.path.as_os_str().as_bytes(), a.ino).cmp(&(b.path.as_os_str().as_bytes(), b.ino))
+    });
+}
+
+fn load_snapshot(dir: &Path) -> std::io::Result<Loaded> {
     let main = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     if let Ok(bytes) = fs::read(&tmp) {
@@ -111,6 +207,7 @@ fn loaded(state: State, set_aside: Option<PathBuf>) -> Loaded {
             journal_cursor,
             saved_at: Some(saved_at),
             set_aside,
+            changes_cut: None,
         },
     }
 }
@@ -128,14 +225,15 @@ pub fn render(p: &FilePos, out: &mut Vec<u8>) -> serde_json::Result<()> {
 /// Writes the positions atomically; on error the previous file is left as it was. `files` are
 /// [`render`]ed entries; the document is [`State::V1`], byte for byte. Without `durable`, the
 /// new file survives a crash of the process (it is in the page cache) but not necessarily of
-/// the machine.
+/// the machine. Returns the bytes written. The caller empties the changes file next.
 pub fn save<'a>(
     dir: &Path,
     files: impl Iterator<Item = &'a [u8]>,
     journal_cursor: Option<&str>,
     durable: bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let len;
     {
         let mut w = BufWriter::with_capacity(64 << 10, File::create(&tmp)?);
         write!(w, r#"{{"version":"1","saved_at":{},"files":["#, unix_now())?;
@@ -151,7 +249,8 @@ pub fn save<'a>(
             serde_json::to_writer(&mut w, c).map_err(std::io::Error::other)?;
         }
         w.write_all(b"}")?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
+        let mut f = w.into_inner().map_err(|e| e.into_error())?;
+        len = f.stream_position()?;
         if durable {
             f.sync_all()?;
         }
@@ -160,12 +259,53 @@ pub fn save<'a>(
     if durable {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(len)
 }
 
-/// fsyncs the positions file and its directory: what [`save`] without `durable` left to do.
+/// Opens the changes file for appending, empty: right after a snapshot, which holds all of it.
+pub fn start_changes(dir: &Path) -> std::io::Result<File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(CHANGES_NAME))?;
+    f.set_len(0)?;
+    Ok(f)
+}
+
+/// Renders one write's changes into `out`, ready to append: the files that changed (rendered
+/// entries), those let go, the journal cursor if it moved, then the commit line.
+pub fn render_changes<'a>(
+    out: &mut Vec<u8>,
+    gone: &[FileKey],
+    files: impl Iterator<Item = &'a [u8]>,
+    journal_cursor: Option<&str>,
+) -> std::io::Result<()> {
+    out.clear();
+    // Gone first: a file let go and tracked again within one write ends up tracked.
+    for k in gone {
+        writeln!(out, r#"{{"gone":[{},{}]}}"#, k.dev, k.ino)?;
+    }
+    for f in files {
+        out.extend_from_slice(f);
+        out.push(b'\n');
+    }
+    if let Some(c) = journal_cursor {
+        out.extend_from_slice(br#"{"journal_cursor":"#);
+        serde_json::to_writer(&mut *out, c).map_err(std::io::Error::other)?;
+        out.extend_from_slice(b"}\n");
+    }
+    writeln!(out, r#"{{"saved_at":{}}}"#, unix_now())
+}
+
+/// fsyncs the positions file, the changes file and their directory: what [`save`] without
+/// `durable`, and the appends since, left to do.
 pub fn sync(dir: &Path) -> std::io::Result<()> {
     File::open(dir.join(FILE_NAME))?.sync_all()?;
+    match File::open(dir.join(CHANGES_NAME)) {
+        Ok(f) => f.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     File::open(dir)?.sync_all()
 }
 
@@ -311,6 +451,49 @@ mod tests {
             assert_eq!(fs::read(&aside).unwrap(), junk);
             assert!(!dir.path().join(FILE_NAME).exists());
         }
+    }
+
+    /// Only committed lines of the changes file count: a write cut short at its end, or a line
+    /// that does not parse (NUL bytes after a machine crash), ends what is used, and is said.
+    #[test]
+    fn changes_count_only_up_to_their_last_commit_and_a_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        save_all(dir.path(), &[pos(1, 10), pos(2, 10)], false);
+        let line = |p: &FilePos| {
+            let mut v = Vec::new();
+            render(p, &mut v).unwrap();
+            String::from_utf8(v).unwrap()
+        };
+        let committed = format!(
+            "{{\"gone\":[2049,2]}}\n{}\n{{\"saved_at\":5}}\n",
+            line(&pos(1, 20))
+        );
+        let offsets = |l: &Loaded| {
+            l.files
+                .iter()
+                .map(|f| (f.ino, f.offset))
+                .collect::<Vec<_>>()
+        };
+        let changes = dir.path().join(CHANGES_NAME);
+
+        fs::write(&changes, format!("{committed}{}\n", line(&pos(1, 30)))).unwrap();
+        let l = load(dir.path()).unwrap();
+        assert_eq!(offsets(&l), [(1, 20)]);
+        assert_eq!(l.saved_at, Some(5));
+        let why = l.changes_cut.unwrap();
+        assert!(why.contains("cut short (lines 4 and after"), "{why}");
+
+        let mut torn = committed.into_bytes();
+        torn.extend_from_slice(&[0; 64]);
+        torn.extend_from_slice(format!("\n{}\n{{\"saved_at\":6}}\n", line(&pos(1, 40))).as_bytes());
+        fs::write(&changes, torn).unwrap();
+        let l = load(dir.path()).unwrap();
+        assert_eq!(offsets(&l), [(1, 20)]);
+        let why = l.changes_cut.unwrap();
+        assert!(
+            why.contains("positions.changes line 4 does not parse"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -70,3 +70,23 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The positions a restart would start from, as ringtail's own loader reads them (the
+/// snapshot and the changes appended since), from copies taken now: a running ringtail keeps
+/// writing them, and the loader sets a corrupt snapshot aside. `None` before the first write.
+pub fn committed_positions(
+    data_dir: &std::path::Path,
+) -> Option<ringtail::positions::store::Loaded> {
+    use ringtail::positions::store::{CHANGES_NAME, FILE_NAME};
+    let scratch = tempfile::tempdir().ok()?;
+    let tmp = format!("{FILE_NAME}.tmp");
+    let mut any = false;
+    for name in [FILE_NAME, tmp.as_str(), CHANGES_NAME] {
+        if let Ok(b) = std::fs::read(data_dir.join(name)) {
+            std::fs::write(scratch.path().join(name), b).ok()?;
+            any |= name == FILE_NAME;
+        }
+    }
+    any.then(|| ringtail::positions::store::load(scratch.path()).ok())
+        .flatten()
+}

@@ -671,6 +671,10 @@ pub struct Discovery {
     /// When the read lag was last set, and whether it was above 0.
     reported: Instant,
     lagging: bool,
+    /// Directories of files the last scan did not find (fewer than [`GONE_AFTER`] times), to
+    /// look at again shortly; set by each scan, so that the event loop need not go through
+    /// every file to find them.
+    missing_in: HashSet<PathBuf>,
 }
 
 impl Discovery {
@@ -706,6 +710,7 @@ impl Discovery {
             listing: Listing::default(),
             reported: Instant::now(),
             lagging: false,
+            missing_in: HashSet::new(),
         }
     }
 
@@ -783,16 +788,8 @@ impl Discovery {
             } else if let Some((_, dirs)) = follow_up.take_if(|(at, _)| now >= *at) {
                 self.scan_in(Some(&dirs));
             }
-            if follow_up.is_none() {
-                let dirs: HashSet<PathBuf> = self
-                    .known
-                    .values()
-                    .filter(|k| k.missed > 0)
-                    .filter_map(|k| k.path.parent().map(Path::to_path_buf))
-                    .collect();
-                if !dirs.is_empty() {
-                    follow_up = Some((now + FOLLOW_UP, dirs));
-                }
+            if follow_up.is_none() && !self.missing_in.is_empty() {
+                follow_up = Some((now + FOLLOW_UP, std::mem::take(&mut self.missing_in)));
             }
         }
     }
@@ -1094,6 +1091,12 @@ impl Discovery {
                 }
             }
         }
+        self.missing_in = self
+            .known
+            .values()
+            .filter(|k| k.missed > 0)
+            .filter_map(|k| k.path.parent().map(Path::to_path_buf))
+            .collect();
         self.send_wakes();
         self.report();
         if at_start {

@@ -623,8 +623,9 @@ const GONE_AFTER: u8 = 2;
 /// Without inotify, how often the tree is listed: new files are picked up within this.
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// With inotify: how long events gather before discovery acts on them, so that a burst (a
-/// busy file, twenty trickling ones) costs one look and one wake per file.
-const GATHER: Duration = Duration::from_millis(20);
+/// busy file, twenty trickling ones) costs one look and one wake per file, and the files
+/// written within one window are read, batched and pushed together (see `sink::IDLE_LINGER`).
+const GATHER: Duration = Duration::from_millis(50);
 /// How soon a directory where a file went missing is looked at again.
 const FOLLOW_UP: Duration = Duration::from_millis(200);
 /// Longest wait for an event: how soon a stop is noticed.

@@ -676,6 +676,10 @@ pub struct Discovery {
     /// look at again shortly; set by each scan, so that the event loop need not go through
     /// every file to find them.
     missing_in: HashSet<PathBuf>,
+    /// Directories with a file that waits for its pod's API object (held back, or read without
+    /// `app`/`app_name` so far): looked at again every [`POLL_EVERY`] until it is known, as
+    /// nothing else may happen there before the next rescan.
+    pending_in: HashSet<PathBuf>,
 }
 
 impl Discovery {
@@ -712,6 +716,7 @@ impl Discovery {
             reported: Instant::now(),
             lagging: false,
             missing_in: HashSet::new(),
+            pending_in: HashSet::new(),
         }
     }
 
@@ -791,6 +796,8 @@ impl Discovery {
             }
             if follow_up.is_none() && !self.missing_in.is_empty() {
                 follow_up = Some((now + FOLLOW_UP, std::mem::take(&mut self.missing_in)));
+            } else if follow_up.is_none() && !self.pending_in.is_empty() {
+                follow_up = Some((now + POLL_EVERY, std::mem::take(&mut self.pending_in)));
             }
         }
     }
@@ -939,6 +946,7 @@ impl Discovery {
     /// One pass over the tree, or with `scope` over those container directories only.
     fn scan_in(&mut self, scope: Option<&HashSet<PathBuf>>) {
         let at_start = self.start_scans > 0;
+        let mut held: HashSet<PathBuf> = HashSet::new();
         self.listing.found.clear();
         self.listing.dirs.clear();
         for (i, c) in self.catalogs.iter_mut().enumerate() {
@@ -1033,8 +1041,11 @@ impl Discovery {
                 // reused. The tailer lets the old file go when the new one is added.
                 (Some(_), Some(false)) | (None, _) => {
                     if found.meta == (MetaState::Pending { hold: true }) && !at_start {
-                        // Found again on the next scan, once its pod is known or the wait is
-                        // over.
+                        // Found again on a scan of `pending_in`, once its pod is known or the
+                        // wait is over.
+                        if let Some(d) = found.path.parent() {
+                            held.insert(d.to_path_buf());
+                        }
                         continue;
                     }
                     let path: Arc<Path> = Arc::from(found.path.as_path());
@@ -1098,6 +1109,19 @@ impl Discovery {
             .filter(|k| k.missed > 0)
             .filter_map(|k| k.path.parent().map(Path::to_path_buf))
             .collect();
+        // Out of scope, what was pending stays so; in it, this scan said.
+        if let Some(scope) = scope {
+            self.pending_in.retain(|d| !scope.contains(d));
+        } else {
+            self.pending_in.clear();
+        }
+        self.pending_in.extend(held);
+        self.pending_in.extend(
+            self.known
+                .values()
+                .filter(|k| k.labels_pending)
+                .filter_map(|k| k.path.parent().map(Path::to_path_buf)),
+        );
         self.send_wakes();
         self.report();
         if at_start {

@@ -398,17 +398,15 @@ fn resume_after_kill9_sends_exactly_the_entries_after_the_cursor() {
     stop(&mut rt);
 }
 
-#[test]
-fn entries_and_files_written_while_it_waits_arrive_within_seconds() {
-    let mut n = Node::new();
-    let t0 = realtime_now_us() - MINUTE_US;
-    let (a, mut want) = app_batch(t0, 5, "first");
-    n.journal.write("system", &a);
-    let mut rt = n.start("7h");
-    assert!(n.rx.wait_for_entries(5, WAIT), "{}", rt.logs());
-    // Idle, waiting on the journal.
-    std::thread::sleep(Duration::from_millis(1500));
-
+/// After the 5 entries of `app_batch(t0, 5, "first")` arrived: appends 5 entries to the
+/// `system` journal, then, 1.5 s later, writes 5 into a new journal file; returns how long
+/// each took to arrive, from its write.
+fn append_then_new_file(
+    n: &mut Node,
+    t0: u64,
+    want: &mut Vec<Expected>,
+    rt: &Ringtail,
+) -> (Duration, Duration) {
     let (b, w) = app_batch(t0 + 10_000, 5, "appended");
     want.extend(w);
     let t = Instant::now();
@@ -422,7 +420,20 @@ fn entries_and_files_written_while_it_waits_arrive_within_seconds() {
     let t = Instant::now();
     n.journal.write("second", &c);
     assert!(n.rx.wait_for_entries(15, WAIT), "{}", rt.logs());
-    let new_file = t.elapsed();
+    (appended, t.elapsed())
+}
+
+#[test]
+fn entries_and_files_written_while_it_waits_arrive_within_seconds() {
+    let mut n = Node::new();
+    let t0 = realtime_now_us() - MINUTE_US;
+    let (a, mut want) = app_batch(t0, 5, "first");
+    n.journal.write("system", &a);
+    let mut rt = n.start("7h");
+    assert!(n.rx.wait_for_entries(5, WAIT), "{}", rt.logs());
+    // Idle, waiting on the journal.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (appended, new_file) = append_then_new_file(&mut n, t0, &mut want, &rt);
 
     // From the start of the writer's run (it takes a few tens of ms) to the receiver.
     eprintln!("appended entries after {appended:?}, a new file's after {new_file:?}");
@@ -473,18 +484,7 @@ fn without_inotify_the_journal_is_polled_and_new_files_are_found() {
     let lib = lib.to_string_lossy().to_string();
     let mut rt = n.start_env(&cfg, &[("LD_PRELOAD", &lib)]);
     assert!(n.rx.wait_for_entries(5, WAIT), "{}", rt.logs());
-
-    let (b, w) = app_batch(t0 + 10_000, 5, "appended");
-    want.extend(w);
-    n.journal.write("system", &b);
-    assert!(n.rx.wait_for_entries(10, WAIT), "{}", rt.logs());
-
-    let (c, w) = app_batch(t0 + 20_000, 5, "second writer");
-    want.extend(w);
-    let t = Instant::now();
-    n.journal.write("second", &c);
-    assert!(n.rx.wait_for_entries(15, WAIT), "{}", rt.logs());
-    let new_file = t.elapsed();
+    let (_, new_file) = append_then_new_file(&mut n, t0, &mut want, &rt);
     eprintln!("a new file's entries after {new_file:?} without inotify");
     // Found by a reopen (every 5 s), not by a restart.
     assert!(new_file < Duration::from_secs(8), "{new_file:?}");

@@ -1103,12 +1103,16 @@ impl Discovery {
                 }
             }
         }
-        self.missing_in = self
-            .known
-            .values()
-            .filter(|k| k.missed > 0)
-            .filter_map(|k| k.path.parent().map(Path::to_path_buf))
-            .collect();
+        self.missing_in.clear();
+        for k in self.known.values() {
+            let Some(dir) = k.path.parent() else { continue };
+            if k.missed > 0 {
+                self.missing_in.insert(dir.to_path_buf());
+            }
+            if k.labels_pending {
+                held.insert(dir.to_path_buf());
+            }
+        }
         // Out of scope, what was pending stays so; in it, this scan said.
         if let Some(scope) = scope {
             self.pending_in.retain(|d| !scope.contains(d));
@@ -1116,12 +1120,6 @@ impl Discovery {
             self.pending_in.clear();
         }
         self.pending_in.extend(held);
-        self.pending_in.extend(
-            self.known
-                .values()
-                .filter(|k| k.labels_pending)
-                .filter_map(|k| k.path.parent().map(Path::to_path_buf)),
-        );
         self.send_wakes();
         self.report();
         if at_start {

@@ -164,9 +164,15 @@ fn apply_changes(bytes: &[u8], path: &Path, l: &mut Loaded) {
     }
     l.files = files.into_values().collect();
     // In the snapshot's order.
-    l.files.sort_unstable_by(|a, b| {
-        (a.path.as_os_str().as_bytes(), a.ino).cmp(&(b.path.as_os_str().as_bytes(), b.ino))
-    });
+    l.files
+        .sort_unstable_by(|a, b| order_key(a).cmp(&order_key(b)));
+}
+
+/// The order of the entries in a snapshot: by path bytes, then inode. It only makes the file
+/// deterministic; comparing paths by components was half the cost of a write with 2,000 files
+/// (perf, trickle bench).
+pub fn order_key(p: &FilePos) -> (&[u8], u64) {
+    (p.path.as_os_str().as_bytes(), p.ino)
 }
 
 fn load_snapshot(dir: &Path) -> std::io::Result<Loaded> {
